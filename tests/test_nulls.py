@@ -59,3 +59,20 @@ def test_mp_rejects_bad_sizes():
         marchenko_pastur_spectrum(0, 10)
     with pytest.raises(ValueError):
         marchenko_pastur_pdf([1.0], 10, 10, sigma2=-1)
+
+
+def test_pooled_match_gives_every_model_the_rms_std():
+    g = torch.Generator().manual_seed(3)
+    scales = torch.tensor([0.5, 1.0, 4.0], dtype=torch.float64).view(3, 1, 1)
+    stack = torch.randn(3, 40, 50, generator=g, dtype=torch.float64) * scales
+    own = stack.reshape(3, -1).std(dim=1, unbiased=False)
+    pooled = own.pow(2).mean().sqrt()
+    null = gaussian_like(stack, seed=1, match="pooled")
+    np.testing.assert_allclose(null.reshape(3, -1).std(dim=1).numpy(), pooled.item(), rtol=0.05)
+    per_model = gaussian_like(stack, seed=1)
+    np.testing.assert_allclose(per_model.reshape(3, -1).std(dim=1).numpy(), own.numpy(), rtol=0.05)
+    B, A = torch.randn(3, 20, 4, generator=g) * scales, torch.randn(3, 4, 30, generator=g)
+    Bn, An = gaussian_lora_like(B, A, seed=2, match="pooled")
+    assert Bn.reshape(3, -1).std(dim=1).max() / Bn.reshape(3, -1).std(dim=1).min() < 1.3
+    with pytest.raises(ValueError, match="match must be one of"):
+        gaussian_like(stack, match="global")

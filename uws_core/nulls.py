@@ -20,34 +20,51 @@ __all__ = ["gaussian_like", "gaussian_lora_like", "marchenko_pastur_pdf", "march
            "marchenko_pastur_support"]
 
 
-def _per_model_std(x: torch.Tensor) -> torch.Tensor:
-    """Standard deviation of each model's entries (about its own mean), shape (N, 1, 1), float64."""
+MATCHES = ("per_model", "pooled")
+
+
+def _per_model_std(x: torch.Tensor, match: str = "per_model") -> torch.Tensor:
+    """Standard deviation to give each model's null entries, shape (N, 1, 1), float64.
+
+    ``match="per_model"``: each model's own entry std (about its own mean), so models with larger
+    weights keep their larger share of the variance. ``match="pooled"``: one std for all models, the
+    root mean square over models of those stds (the replication's "matched entry variance"); the
+    null then has no heterogeneity of scale across models.
+    """
+    if match not in MATCHES:
+        raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
     flat = x.to(torch.float64).reshape(x.shape[0], -1)
-    return flat.std(dim=1, unbiased=False).view(-1, *([1] * (x.ndim - 1)))
+    std = flat.std(dim=1, unbiased=False)
+    if match == "pooled":
+        std = std.pow(2).mean().sqrt().expand_as(std)
+    return std.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def gaussian_like(stack, seed: int = 0) -> torch.Tensor:
+def gaussian_like(stack, seed: int = 0, match: str = "per_model") -> torch.Tensor:
     """i.i.d. zero-mean Gaussian stack with the shape of ``stack`` (N, ...) and each model's variance.
 
     Parameters
     ----------
     stack : (N, d_out, d_in) array or tensor
     seed : int
+    match : {"per_model", "pooled"}
+        Each model's own variance, or one pooled variance for all (see ``_per_model_std``).
 
     Returns
     -------
-    torch.Tensor float64, same shape; model i has entries N(0, var(stack[i])).
+    torch.Tensor float64, same shape; model i has entries N(0, var(stack[i])) (or the pooled variance).
     """
     x = as_tensor(stack, dtype=None)
     if x.ndim < 2:
         raise ValueError(f"gaussian_like needs a stack (N, ...), got shape {tuple(x.shape)}")
     gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(x.shape, generator=gen, dtype=torch.float64) * _per_model_std(x).cpu()
+    return torch.randn(x.shape, generator=gen, dtype=torch.float64) * _per_model_std(x, match).cpu()
 
 
-def gaussian_lora_like(B, A, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_lora_like(B, A, seed: int = 0, match: str = "per_model") -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian LoRA factors with the shapes of ``B (N, d_out, r)``, ``A (N, r, d_in)`` and each factor's
     per-model variance (zero mean); their products are random rank-r matrices of matched scale.
+    ``match="pooled"`` gives every adapter the pooled variance of each factor instead.
 
     Returns
     -------
@@ -58,8 +75,8 @@ def gaussian_lora_like(B, A, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
         raise ValueError(f"LoRA factors must be B (N, d_out, r) and A (N, r, d_in); got {tuple(b.shape)} "
                          f"and {tuple(a.shape)}")
     gen = torch.Generator().manual_seed(int(seed))
-    b_null = torch.randn(b.shape, generator=gen, dtype=torch.float64) * _per_model_std(b).cpu()
-    a_null = torch.randn(a.shape, generator=gen, dtype=torch.float64) * _per_model_std(a).cpu()
+    b_null = torch.randn(b.shape, generator=gen, dtype=torch.float64) * _per_model_std(b, match).cpu()
+    a_null = torch.randn(a.shape, generator=gen, dtype=torch.float64) * _per_model_std(a, match).cpu()
     return b_null, a_null
 
 
