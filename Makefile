@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Idle OpenMP threads that spin made LAPACK eigensolvers 10-50x slower on the shared 2-core machine
+# (benchmarks/results.md); passive waiting costs nothing on an idle one.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup reproduce test unit nbval bench notebooks clean
 

@@ -78,14 +78,16 @@ def test_planted_subspace_is_recovered():
     assert rows.top_evr(4) > 0.99
 
 
-def test_factored_basis_projection_and_reconstruction():
+@pytest.mark.parametrize("scaling", [None, np.linspace(0.5, 2.0, 8)])
+def test_factored_basis_projection_and_reconstruction(scaling):
     b, a = planted_lora(n=8, seed=3)
-    sp = lora_product_spectrum(b, a, "model", "models", k=4)
+    sp = lora_product_spectrum(b, a, "model", "models", k=4, scaling=scaling)
     fb = sp.factored
     assert isinstance(fb, FactoredModelBasis) and fb.k == 4 and fb.n_models == 8
     u = fb.materialize()  # (d_out*d_in, k)
     torch.testing.assert_close(u.T @ u, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-12)
-    ref = stack_spectrum(lora_products(b, a), "model", "models", k=4)
+    ref = stack_spectrum(lora_products(b, a, scaling), "model", "models", k=4)
+    assert sp.total_variance == pytest.approx(ref.total_variance, rel=1e-12)
     bn, an = planted_lora(n=3, seed=4, r=2)  # new adapters, another rank
     pn = lora_products(bn, an)
     coords = fb.project(bn, an)

@@ -99,7 +99,7 @@ def test_eigh_descending_matches_numpy(n, k):
 
 def test_chunked_gram_matches_direct():
     x = torch.randn(11, 6, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
-    acc = ChunkedGram(lambda c, dev: c.to(dev, torch.float64), lambda a, b: a @ b.T, chunk=4, device="cpu")
+    acc = ChunkedGram(lambda c, dev, slot: c.to(dev, torch.float64), lambda a, b: a @ b.T, chunk=4, device="cpu")
     for i in range(11):
         acc.add(x[i:i + 1])
     gram, chunks = acc.finalize()
@@ -115,3 +115,14 @@ def test_eigh_descending_in_place_path():
     vals, vecs = eigh_descending(torch.from_numpy(g.copy()), 4, overwrite=True)
     np.testing.assert_allclose(vals, ref_vals[::-1], rtol=1e-10, atol=1e-8)
     assert principal_angles(vecs, ref_vecs[:, ::-1][:, :4].copy()).max() < 1e-8
+
+
+def test_eigh_descending_subspace_iteration_path():
+    # planted top-4 well above the rest: the block subspace iteration converges and must match LAPACK
+    rng = np.random.default_rng(2)
+    q = np.linalg.qr(rng.standard_normal((600, 600)))[0]
+    spectrum = np.concatenate([[100.0, 80.0, 60.0, 50.0], rng.uniform(0.0, 1.0, 596)])
+    g = (q * spectrum) @ q.T
+    vals, vecs = eigh_descending(torch.from_numpy(g), 4)
+    np.testing.assert_allclose(vals, np.sort(spectrum)[::-1], rtol=1e-10, atol=1e-10)
+    assert principal_angles(vecs, q[:, :4]).max() < 1e-10

@@ -30,23 +30,45 @@ __all__ = ["lora_product_spectrum", "lora_factor_spectra", "lora_products", "Str
 
 
 def _default_chunk(rank: int) -> int:
-    return max(1, 512 // max(rank, 1))  # about 512 stacked factor rows per block: efficient GEMMs
+    return max(1, 1024 // max(rank, 1))  # about 1024 stacked factor rows per Gram block: efficient GEMMs
 
 
-def _prepare(chunk, device):
-    """Stored chunk (B (c,d_out,r), A (c,r,d_in), s (c,)) -> float64 (Bcat (d_out, c r), Acat (c r, d_in), r)."""
-    b, a, s = chunk
-    c, d_out, r = b.shape
-    b64 = (b.to(device, ACCUM_DTYPE) * s.to(device).view(c, 1, 1)).permute(1, 0, 2).reshape(d_out, c * r)
-    return b64, a.to(device, ACCUM_DTYPE).reshape(c * r, a.shape[2]), r
+class _LoraPrepare:
+    """Upcast a stored chunk ``(B (c,d_out,r), A (c,r,d_in), s (c,))`` to float64 GEMM layout
+    ``(Bcat (d_out, c r), Acat (c r, d_in), r, s)``, reusing one buffer per ``slot`` (no allocation per block,
+    which keeps the heap from fragmenting); ``slot=None`` returns fresh tensors."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def __call__(self, chunk, device, slot=None):
+        b, a, s = chunk
+        c, d_out, r = b.shape
+        d_in = a.shape[2]
+        key = (c, d_out, r, d_in, str(device))
+        bufs = self._buffers.get(slot)
+        if slot is None or bufs is None or bufs[0] != key:
+            bufs = (key, torch.empty(d_out, c, r, dtype=ACCUM_DTYPE, device=device),
+                    torch.empty(c, r, d_in, dtype=ACCUM_DTYPE, device=device))
+            if slot is not None:
+                self._buffers[slot] = bufs
+        _, bb, ab = bufs
+        bb.copy_(b.permute(1, 0, 2))  # (d_out, c, r): Bcat with adapters side by side
+        ab.copy_(a)
+        return bb.view(d_out, c * r), ab.view(c * r, d_in), r, s.to(device, ACCUM_DTYPE)
+
+
+def _prepare(chunk, device, slot=None):
+    return _LoraPrepare()(chunk, device, slot)
 
 
 def _inner(pa, pb) -> torch.Tensor:
-    """Block of <P_i, P_j>_F between two prepared chunks: sum over r x r blocks of GB * GA."""
-    (ba, aa, ra), (bb, ab, rb) = pa, pb
+    """Block of <P_i, P_j>_F = s_i s_j sum over the r x r block of (B_i^T B_j) * (A_i A_j^T)."""
+    (ba, aa, ra, sa), (bb, ab, rb, sb) = pa, pb
     gb = ba.T @ bb  # (c_a r_a, c_b r_b): B_i^T B_j blocks
     ga = aa @ ab.T  # (c_a r_a, c_b r_b): A_i A_j^T blocks
-    return gb.mul_(ga).reshape(ba.shape[1] // ra, ra, bb.shape[1] // rb, rb).sum(dim=(1, 3))
+    k = gb.mul_(ga).reshape(ba.shape[1] // ra, ra, bb.shape[1] // rb, rb).sum(dim=(1, 3))
+    return k * sa[:, None] * sb[None, :]
 
 
 def _cat(items):
@@ -80,7 +102,8 @@ class FactoredModelBasis:
     def inner_with(self, b, a, scaling=None) -> torch.Tensor:
         """``<P_i, P_new_l>_F`` for every stored model i and new adapter l -> (N, m) float64."""
         pn = self._new_pairs(b, a, scaling)
-        return torch.cat([_inner(_prepare(ch, self.device), pn) for ch in self.chunks], dim=0)
+        prep = _LoraPrepare()
+        return torch.cat([_inner(prep(ch, self.device, slot=1), pn) for ch in self.chunks], dim=0)
 
     def project(self, b, a, scaling=None, center: bool = True, k: int | None = None) -> torch.Tensor:
         """Coordinates of new adapters ``(B (m,d_out,r'), A (m,r',d_in))`` -> (m, k) float64.
@@ -105,19 +128,21 @@ class FactoredModelBasis:
         Returns factors ``(B_hat (m, d_out, N r), A_hat (N r, d_in))`` with ``P_hat_l = B_hat[l] @ A_hat``,
         or with ``dense=True`` the (m, d_out, d_in) float64 matrices (small sizes only)."""
         w = self.model_weights(coords, add_mean)  # (m, N)
+        d_out, d_in = self.shape
+        out = torch.zeros(w.shape[0], d_out, d_in, dtype=ACCUM_DTYPE, device=self.device) if dense else None
         bs, as_, i0 = [], [], 0
         for ch in self.chunks:
-            b64, a64, r = _prepare(ch, self.device)
+            b64, a64, r, s = _prepare(ch, self.device)
             c = ch[0].shape[0]
-            wr = w[:, i0:i0 + c].repeat_interleave(r, dim=1)  # (m, c r)
+            wr = (w[:, i0:i0 + c] * s).repeat_interleave(r, dim=1)  # (m, c r): weight and scaling per column
             if dense:
-                bs.append(torch.einsum("dk,mk,kn->mdn", b64, wr, a64))
+                out += torch.einsum("dk,mk,kn->mdn", b64, wr, a64)
             else:
                 bs.append(b64.unsqueeze(0) * wr.unsqueeze(1))
                 as_.append(a64)
             i0 += c
         if dense:
-            return torch.stack(bs).sum(dim=0)
+            return out
         return torch.cat(bs, dim=2), torch.cat(as_, dim=0)
 
     def reconstruction_error(self, b, a, scaling=None, k: int | None = None, add_mean: bool = True) -> np.ndarray:
@@ -211,7 +236,7 @@ class StreamingLoraSpectrum:
     shape : (d_out, d_in)
     device : optional (default :func:`uws_core.device.pick_device`)
     key : str, optional, named in validation errors
-    chunk : int, optional, adapters per block (default 512 // r)
+    chunk : int, optional, adapters per model-axis Gram block (default 1024 // r)
 
     Memory: rows/cols keep a float64 d x d Gram (d = d_in / d_out) plus the running sum matrix for
     "models" centring; the model axis keeps the N x N Gram plus the factors in their own dtype.
@@ -234,7 +259,7 @@ class StreamingLoraSpectrum:
         self.chunk = self.chunk or _default_chunk(r)
         d_out, d_in = self.shape
         if self.unfolding == "model":
-            self._gram = ChunkedGram(_prepare, _inner, chunk=self.chunk, device=self.device, cat=_cat)
+            self._gram = ChunkedGram(_LoraPrepare(), _inner, chunk=self.chunk, device=self.device, cat=_cat)
         elif self.unfolding == "rows":
             self._scatter = _LoraRowScatter(d_out, d_in, self.center, self.device)
         else:
@@ -268,7 +293,9 @@ class StreamingLoraSpectrum:
         """Add several adapters at once, ``B (c, d_out, r)``, ``A (c, r, d_in)``; stored as given (views)."""
         b, a = self._validate(b, a, None, self.n)
         self._flush()
-        self._consume((b, a, _scaling_vector(scaling, b.shape[0])))
+        s = _scaling_vector(scaling, b.shape[0])
+        for i0 in range(0, b.shape[0], self.chunk):  # Gram blocks of ``chunk`` adapters whatever the input
+            self._consume((b[i0:i0 + self.chunk], a[i0:i0 + self.chunk], s[i0:i0 + self.chunk]))
         self.n += b.shape[0]
 
     def _flush(self) -> None:
@@ -281,12 +308,14 @@ class StreamingLoraSpectrum:
             self._gram.add_chunk(chunk, chunk[0].shape[0])
             return
         b, a, s = chunk
-        b64 = b.to(self.device, ACCUM_DTYPE) * s.to(self.device).view(-1, 1, 1)
-        a64 = a.to(self.device, ACCUM_DTYPE)
-        if self.unfolding == "rows":
-            self._scatter.add_chunk(b64, a64)
-        else:  # cols of P_i are rows of P_i^T = A_i^T B_i^T
-            self._scatter.add_chunk(a64.transpose(1, 2), b64.transpose(1, 2))
+        sub = max(1, 256 // b.shape[2])  # float64 copies of ~256 factor rows at a time keep the peak low
+        for i0 in range(0, b.shape[0], sub):
+            b64 = b[i0:i0 + sub].to(self.device, ACCUM_DTYPE) * s[i0:i0 + sub].to(self.device).view(-1, 1, 1)
+            a64 = a[i0:i0 + sub].to(self.device, ACCUM_DTYPE)
+            if self.unfolding == "rows":
+                self._scatter.add_chunk(b64, a64)
+            else:  # cols of P_i are rows of P_i^T = A_i^T B_i^T
+                self._scatter.add_chunk(a64.transpose(1, 2), b64.transpose(1, 2))
 
     def finalize(self, k: int | None = None) -> Spectrum:
         """Spectrum of the centred unfolding; ``k`` as in :func:`uws_core.spectral.stack_spectrum`.
@@ -303,7 +332,8 @@ class StreamingLoraSpectrum:
             vals, coef = model_axis_eigen(gram, self.center, k, d_out * d_in)
             fb = None if coef is None else FactoredModelBasis(chunks, gram, coef, self.center, self.shape,
                                                               self.device)
-            return Spectrum(variances=vals, total_variance=float(vals.sum()), basis=None, mean=None,
+            total = float(torch.trace(gram)) - (float(gram.sum()) / self.n if self.center != "none" else 0.0)
+            return Spectrum(variances=vals, total_variance=total, basis=None, mean=None,
                             unfolding="model", center=self.center, n_models=self.n, matrix_shape=self.shape,
                             factored=fb)
         d_rows, d_feat = (d_out, d_in) if self.unfolding == "rows" else (d_in, d_out)
@@ -360,9 +390,7 @@ def lora_product_spectrum(B, A, unfolding: str = "model", center: str = "models"
     s = _scaling_vector(scaling, n)
     d_feat = d_in if unfolding == "rows" else d_out
     if unfolding == "model" or n * r >= d_feat:
-        chunk = _default_chunk(r)
-        for i0 in range(0, n, chunk):
-            acc.add_chunk(b[i0:i0 + chunk], a[i0:i0 + chunk], s[i0:i0 + chunk])
+        acc.add_chunk(b, a, s)  # stored as views, in blocks of 1024 // r adapters
         return acc.finalize(k)
     # Few adapters: work in the (N r)-dim span of the stacked feature-side factors (QR), then map back.
     dev = acc.device

@@ -336,7 +336,8 @@ class StreamingSpectrum:
                     basis.addmm_(c.T, coef[i0:i0 + c.shape[0]].to(self.device))
                     i0 += c.shape[0]
                 basis = fix_signs(basis).cpu()
-            return Spectrum(variances=vals, total_variance=float(vals.sum()), basis=basis, mean=mean,
+            total = float(torch.trace(gram)) - (float(gram.sum()) / self.n if self.center != "none" else 0.0)
+            return Spectrum(variances=vals, total_variance=total, basis=basis, mean=mean,
                             unfolding="model", center=self.center, n_models=self.n, matrix_shape=self.shape)
         sc = self._scatter
         d_rows, d_feat = (d_out, d_in) if self.unfolding == "rows" else (d_in, d_out)
@@ -355,7 +356,7 @@ class StreamingSpectrum:
 
 
 
-def _dense_prepare(chunk: torch.Tensor, device) -> torch.Tensor:
+def _dense_prepare(chunk: torch.Tensor, device, slot=None) -> torch.Tensor:
     return chunk.to(device, ACCUM_DTYPE)  # (n_chunk, D) float64
 
 

@@ -1,0 +1,23 @@
+"""Smoke test of benchmarks/bench_lora_subspace.py in --quick mode (tiny sizes, a temp output folder)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_mode_writes_results(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_lora_subspace", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    recs = data["records"]
+    assert {r["method"] for r in recs} == {"factored", "dense", "tensorly"}
+    assert not [r for r in recs if "error" in r]
+    angles = [r["max_angle_vs_factored"] for r in recs if "max_angle_vs_factored" in r]
+    assert len(angles) == 3 and max(angles) < 1e-8  # factored == dense == tensorly subspaces
+    assert all(r["peak_bytes"] >= 0 and r["seconds"] > 0 for r in recs)
+    md = (tmp_path / "results.md").read_text()
+    assert "| model | models | 12 | 48 | factored |" in md and "## Targets" in md
