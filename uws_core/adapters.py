@@ -258,7 +258,7 @@ class AdapterSet:
                 raise AdapterFormatError(f"adapter {d} {what} ({len(missing)} missing, {len(extra)} extra)")
             for mod in sorted(ref, key=natural_key):
                 (_, a0), (_, b0) = ref[mod]["A"], ref[mod]["B"]
-                (ka, a), (kb, b) = mods[mod]["A"], mods[mod]["B"]
+                (ka, a), (_, b) = mods[mod]["A"], mods[mod]["B"]
                 if a[0] != a0[0]:
                     raise AdapterFormatError(f"adapter {d}: key {ka!r} has rank {a[0]}, but rank {a0[0]} in "
                                              f"adapter {ref_dir}; stacks need one rank per module")
