@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,3 +124,20 @@ def checkpoint_population(tmp_path_factory):
     single = write_checkpoints(root, n=2, seed=3, prefix="single")
     sharded = write_checkpoints(root, n=2, seed=4, prefix="sharded", max_shard_size="20KB")
     return WrittenCheckpoints(dirs=single.dirs + sharded.dirs, weights=single.weights + sharded.weights)
+
+
+def numpy_spectrum_reference(stack, unfolding, center):
+    """Independent float64 numpy reference for a spectrum: centre, unfold, SVD.
+
+    Returns (squared singular values, squared Frobenius norm of the centred unfolding, right singular vectors).
+    """
+    x = np.asarray(stack, dtype=np.float64)
+    if center == "models" or (center == "samples" and unfolding == "model"):
+        x = x - x.mean(axis=0)
+    n, d_out, d_in = x.shape
+    mat = {"rows": x.reshape(n * d_out, d_in), "cols": x.transpose(0, 2, 1).reshape(n * d_in, d_out),
+           "model": x.reshape(n, -1)}[unfolding]
+    if center == "samples" and unfolding != "model":
+        mat = mat - mat.mean(axis=0)
+    _, s, vt = np.linalg.svd(mat, full_matrices=False)
+    return s ** 2, float((mat ** 2).sum()), vt.T

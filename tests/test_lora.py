@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import numpy_spectrum_reference
 from uws_core.lora import (FactoredModelBasis, StreamingLoraSpectrum, lora_factor_spectra, lora_product_spectrum,
                            lora_products)
 from uws_core.spectral import NonFiniteWeightError, ShapeMismatchError, stack_spectrum
@@ -23,16 +24,7 @@ def planted_lora(n=9, d_out=14, d_in=12, r=3, k=2, noise=0.05, seed=0, dtype=tor
 
 
 def _numpy_spectrum(p, unfolding, center):
-    x = p.numpy()
-    if center == "models" or (center == "samples" and unfolding == "model"):
-        x = x - x.mean(axis=0)
-    n, d_out, d_in = x.shape
-    mat = {"rows": x.reshape(n * d_out, d_in), "cols": x.transpose(0, 2, 1).reshape(n * d_in, d_out),
-           "model": x.reshape(n, -1)}[unfolding]
-    if center == "samples" and unfolding != "model":
-        mat = mat - mat.mean(axis=0)
-    _, s, vt = np.linalg.svd(mat, full_matrices=False)
-    return s ** 2, float((mat ** 2).sum()), vt.T
+    return numpy_spectrum_reference(p.numpy(), unfolding, center)
 
 
 def _dense_basis(sp):

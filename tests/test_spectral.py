@@ -6,6 +6,7 @@ import tensorly as tl
 import torch
 from tensorly.decomposition import tucker
 
+from conftest import numpy_spectrum_reference
 from uws_core.spectral import (NonFiniteWeightError, ShapeMismatchError, Spectrum, StreamingSpectrum,
                                stack_spectrum, unfold)
 from uws_core.subspace import principal_angles
@@ -23,18 +24,7 @@ def planted_stack(n=8, d_out=9, d_in=7, k=2, noise=0.05, seed=0, mean_scale=0.5)
     return mean + u_out @ coef @ u_in.T + noise * rng.standard_normal((n, d_out, d_in))
 
 
-def numpy_reference(stack, unfolding, center):
-    """Independent float64 numpy reference: centre, unfold, SVD."""
-    x = np.asarray(stack, dtype=np.float64)
-    if center == "models" or (center == "samples" and unfolding == "model"):
-        x = x - x.mean(axis=0)
-    n, d_out, d_in = x.shape
-    mat = {"rows": x.reshape(n * d_out, d_in), "cols": x.transpose(0, 2, 1).reshape(n * d_in, d_out),
-           "model": x.reshape(n, -1)}[unfolding]
-    if center == "samples" and unfolding != "model":
-        mat = mat - mat.mean(axis=0)
-    _, s, vt = np.linalg.svd(mat, full_matrices=False)
-    return s ** 2, float((mat ** 2).sum()), vt.T
+numpy_reference = numpy_spectrum_reference
 
 
 def test_unfold_matches_tensorly_and_numpy():
