@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from uws_core import lora_zoo
+from uws_core.cache import CacheError, verify_cache_dir
 from uws_core.lora_zoo import LoraPopulationConfig, build_lora_population, default_cache_dir
 
 CONTRACT_COLUMNS = ["adapter", "task", "family", "seed", "init_seed", "shared_init", "steps",
@@ -116,13 +117,13 @@ def test_partial_or_corrupt_cache_is_rebuilt(tmp_path, damage):
         (pop.root / "complete.json").unlink()
     else:
         target.write_bytes(before[: len(before) // 2])
-    with pytest.raises(lora_zoo.CacheError):
-        lora_zoo.verify_population_dir(pop.root)
+    with pytest.raises(CacheError):
+        verify_cache_dir(pop.root)
     rebuilt = build_lora_population(cfg, cache_dir=tmp_path, progress=False)
-    lora_zoo.verify_population_dir(rebuilt.root)
+    verify_cache_dir(rebuilt.root, lora_zoo.FORMAT_VERSION)
     assert target.read_bytes() == before  # deterministic: the same bytes again
     assert rebuilt.records.equals(pop.records)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_config_block():

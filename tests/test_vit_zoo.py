@@ -84,7 +84,7 @@ def test_partial_cache_is_rebuilt_and_the_rebuild_is_identical(tiny, tmp_path, m
     shutil.copytree(root, copy)
     target = copy / "vit" / TINY.digest()
     if damage == "marker":
-        (target / "COMPLETE").unlink()
+        (target / "complete.json").unlink()
     else:
         (target / pop.records["dir"].iloc[3] / "model.safetensors").unlink()
     calls = []
@@ -96,7 +96,7 @@ def test_partial_cache_is_rebuilt_and_the_rebuild_is_identical(tiny, tmp_path, m
     for d in pop.records["dir"]:  # deterministic: the rebuild reproduces every weight bit for bit
         a, b = load_file(str(pop.root / d / "model.safetensors")), load_file(str(target / d / "model.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), d
-    assert not list((copy / "vit").glob("*.partial-*"))
+    assert not list((copy / "vit").glob(".*.partial-*"))
 
 
 def test_config_digest_and_typos():

@@ -14,8 +14,8 @@ Mistral-7B-Instruct, one per Natural Instructions task) at a size that builds in
 
 The population lives in ``<cache>/lora_population_<hash of the config>/`` (cache: the ``cache_dir``
 argument, else env ``UWS_CACHE``, else ``<repo>/.cache/uws``). It is built in a temporary directory and
-renamed into place with a ``complete.json`` manifest (sha256 of every file); a directory whose manifest is
-missing or does not match is rebuilt, never used. The key covers the config and ``FORMAT_VERSION``, not
+renamed into place with a ``complete.json`` manifest (sha256 of every file, :mod:`uws_core.cache`); a
+directory whose manifest is missing or does not match is rebuilt, never used. The key covers the config and ``FORMAT_VERSION``, not
 the code: a cache built by different code is used with a logged warning (``code_sha256`` differs).
 """
 
@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,19 +39,15 @@ import pandas as pd
 import torch
 
 from . import tasks as tasks_mod
+from .cache import build_cached, default_cache_dir
 from . import tinylm
 
-__all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir",
-           "verify_population_dir", "code_digest", "CacheError"]
+__all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir", "code_digest"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the files or the training code change meaning: old caches are then ignored
 RECORD_COLUMNS = ["adapter", "task", "family", "input_format", "output_format", "param", "canonical", "seed",
                   "init_seed", "shared_init", "steps", "final_train_loss", "base_acc", "adapter_acc", "n_test"]
-
-
-class CacheError(FileNotFoundError):
-    """A cached population directory is missing files or does not match its manifest."""
 
 
 @dataclass(frozen=True)
@@ -134,12 +129,6 @@ class LoraPopulationConfig:
         """sha256 of the config and FORMAT_VERSION: the cache directory's name."""
         blob = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """``$UWS_CACHE`` when set, else ``<repo>/.cache/uws`` (repo = the parent of the uws_core package)."""
-    env = os.environ.get("UWS_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / ".cache" / "uws"
 
 
 class LoraPopulation:
@@ -239,38 +228,11 @@ def _compute_settings(num_threads: int):
             hf_logging.enable_progress_bar()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def code_digest() -> str:
     """sha256 of the source of tasks.py, tinylm.py and lora_zoo.py (recorded, checked with a warning)."""
     here = Path(__file__).resolve().parent
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tasks.py", "tinylm.py", "lora_zoo.py"))
                           ).hexdigest()[:16]
-
-
-def _write_manifest(root: Path) -> None:
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    manifest = {p.relative_to(root).as_posix(): _sha256(p) for p in files}
-    (root / "complete.json").write_text(json.dumps({"format": FORMAT_VERSION, "files": manifest}, indent=1))
-
-
-def verify_population_dir(root: Path) -> None:
-    """Raise :class:`CacheError` unless ``root/complete.json`` exists and every listed file matches it."""
-    marker = root / "complete.json"
-    if not marker.is_file():
-        raise CacheError(f"{root}: no complete.json (partially written population)")
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError) as err:
-        raise CacheError(f"{marker}: unreadable manifest ({err})") from None
-    for rel, digest in files.items():
-        p = root / rel
-        if not p.is_file():
-            raise CacheError(f"{root}: missing file {rel}")
-        if _sha256(p) != digest:
-            raise CacheError(f"{root}: file {rel} does not match its sha256 in complete.json")
 
 
 def _export_adapters(lora: tinylm.MultiLora, base_dir: Path, names: list[str], cfg, out_root: Path):
@@ -388,31 +350,16 @@ def build_lora_population(config: LoraPopulationConfig | None = None, cache_dir:
     cfg = config or LoraPopulationConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / f"lora_population_{cfg.key()}"
-    if final.exists():
-        try:
-            verify_population_dir(final)
-            log.info("using cached LoRA population %s", final)
-            pop = LoraPopulation(final, cfg)
-            if pop.info.get("code_sha256") != code_digest():
-                log.warning("cached LoRA population %s was built by other code than the current uws_core; "
-                            "delete the directory to rebuild it", final)
-            return pop
-        except CacheError as err:
-            log.warning("rebuilding LoRA population: %s", err)
-            shutil.rmtree(final)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp_{final.name}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+
+    def build(tmp: Path) -> dict:
         with _compute_settings(cfg.num_threads):
             _build(cfg, tmp, progress)
-        _write_manifest(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished the same population first
-            verify_population_dir(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built LoRA population %s", final)
-    return LoraPopulation(final, cfg)
+        return {"key": cfg.key()}
+
+    fresh = not final.exists()
+    build_cached(final, build, FORMAT_VERSION)
+    pop = LoraPopulation(final, cfg)
+    if not fresh and pop.info.get("code_sha256") != code_digest():
+        log.warning("cached LoRA population %s was built by other code than the current uws_core; "
+                    "delete the directory to rebuild it", final)
+    return pop

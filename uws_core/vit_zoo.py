@@ -12,28 +12,24 @@ Training is full-parameter AdamW (decay on matrices only, linear warm-up then co
 ``group_size`` models at once by a batched functional forward (:func:`vit_logits`, equal to transformers'
 forward to float32 round-off; the test checks it), so building all populations takes minutes on 2 cores.
 Everything is deterministic from the config's seeds; the result is cached on disk under a hash of the
-config (``<repo>/.cache/uws/vit/<hash>``, env ``UWS_CACHE`` overrides the root), built in a temporary
-directory and moved in place only when complete, so a partial cache is never used.
+config (``<repo>/.cache/uws/vit/<hash>``, env ``UWS_CACHE`` overrides the root) by :mod:`uws_core.cache`:
+built in a temporary directory, moved in place with a sha256 manifest, so a partial cache is never used.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from uws_core.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.vit_model import (evaluate_states, init_state, load_state, save_vit, train_models, vit_config,
                                 vit_logits)
 from uws_core.vit_tasks import finetune_plan, parse_task, scratch_plan, task_data
@@ -84,19 +80,7 @@ class VitZooConfig:
     def digest(self) -> str:
         """12 hex digits of the sha256 of the config, the format version and the torch / transformers
         versions (a new initialiser or kernel gives new weights, so it gets a new cache directory)."""
-        import transformers
-
-        versions = {"format": FORMAT_VERSION, "torch": torch.__version__, "transformers": transformers.__version__}
-        blob = json.dumps({**versions, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-# ------------------------------------------------------------------------------------------------ model
-
-def default_cache_dir() -> Path:
-    """``$UWS_CACHE`` or ``<repo>/.cache/uws``."""
-    env = os.environ.get("UWS_CACHE", "").strip()
-    return Path(env) if env else Path(__file__).resolve().parent.parent / ".cache" / "uws"
+        return config_digest(dataclasses.asdict(self), FORMAT_VERSION)
 
 
 @dataclass
@@ -198,24 +182,11 @@ def _build(config: VitZooConfig, out: Path) -> pd.DataFrame:
     return records
 
 
-def _is_complete(path: Path) -> bool:
-    """The marker written last is there, and so is every model the records name."""
-    if not (path / "COMPLETE").is_file() or not (path / "records.csv").is_file():
-        return False
-    try:
-        records = pd.read_csv(path / "records.csv")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return False
-    return "dir" in records and all((path / d / "model.safetensors").is_file() and (path / d / "config.json").is_file()
-               for d in records["dir"])
-
-
 def _load(path: Path, config: VitZooConfig) -> VitPopulations:
     records = pd.read_csv(path / "records.csv", keep_default_na=False, na_values=[""])
     records["group"] = records["group"].fillna("")
-    info = json.loads((path / "COMPLETE").read_text())
     return VitPopulations(root=path, config=config, records=records,
-                          build_seconds=info.get("build_seconds", float("nan")))
+                          build_seconds=read_info(path).get("build_seconds", float("nan")))
 
 
 def build_vit_populations(config: VitZooConfig | None = None, cache_dir: Path | str | None = None) -> VitPopulations:
@@ -228,31 +199,19 @@ def build_vit_populations(config: VitZooConfig | None = None, cache_dir: Path | 
         ``VitZooConfig.tiny()`` for tests.
     cache_dir : path, optional
         Cache root (default :func:`default_cache_dir`); the populations live in ``<root>/vit/<digest>``.
-        A directory there without its ``COMPLETE`` marker or with a missing model is deleted and rebuilt.
+        A directory there whose ``complete.json`` manifest (:mod:`uws_core.cache`) is missing or does not
+        match its files is deleted and rebuilt.
     """
     config = config or VitZooConfig()
     final = Path(cache_dir or default_cache_dir()) / "vit" / config.digest()
-    if _is_complete(final):
-        return _load(final, config)
-    if final.exists():
-        log.warning("incomplete ViT cache %s: rebuilding", final)
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".partial-", dir=final.parent))
-    try:
+
+    def build(tmp: Path) -> dict:
         t0 = time.perf_counter()
         records = _build(config, tmp)
         records.to_csv(tmp / "records.csv", index=False)
         (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
         seconds = time.perf_counter() - t0
-        (tmp / "COMPLETE").write_text(json.dumps({"digest": config.digest(), "n_models": len(records),
-                                                  "build_seconds": seconds}))
-        if _is_complete(final):  # another process finished first: keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-        log.info("ViT populations built in %.1f s at %s", seconds, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _load(final, config)
+        log.info("ViT populations built in %.1f s", seconds)
+        return {"digest": config.digest(), "n_models": len(records), "build_seconds": seconds}
+
+    return _load(build_cached(final, build, FORMAT_VERSION), config)
