@@ -35,3 +35,48 @@ def test_notebook_01_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
     assert res["scale"] == "paper"
     assert res["results"]["n_adapters"] == N and res["results"]["rank"] == 4
     assert "population" not in res["results"]           # no training records at paper scale
+
+
+def _write_vit_family(root: Path, ids: list[str], base_id: str, seed: int = 0) -> None:
+    """A tiny ViTForImageClassification base under ``base_id`` and one fine-tune per id (base + a small
+    low-rank-plus-noise update, its own head), written with transformers' save_pretrained."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    image_size=8, patch_size=4, num_channels=1, num_labels=10,
+                    architectures=["ViTForImageClassification"])
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    base = ViTForImageClassification(cfg)
+    base.save_pretrained(root / base_id)
+    for i, repo_id in enumerate(ids):
+        model = ViTForImageClassification(cfg)
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim == 2 and "embeddings" not in name and not name.startswith("classifier"):  # encoder matrices
+                    u = torch.randn(p.shape[0], 2, generator=g)
+                    v = torch.randn(2, p.shape[1], generator=g)
+                    p.add_(0.01 * u @ v / p.shape[1] ** 0.5 + 0.001 * torch.randn(p.shape, generator=g))
+        model.save_pretrained(root / repo_id)
+
+
+def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
+    """Random inits are generated from the base's config.json; no scratch models, no LoRAs: both skipped."""
+    pm = pytest.importorskip("papermill")
+    ids = list(load_manifest("vit")["repo_id"][:10])
+    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    monkeypatch.setenv("UWS_SCALE", "paper")
+    monkeypatch.setenv("UWS_VIT_DIR", str(tmp_path / "hub"))
+    monkeypatch.delenv("UWS_MISTRAL_LORA_DIR", raising=False)
+    monkeypatch.setenv("UWS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    pm.execute_notebook(str(REPO / "notebooks" / "07_null_models.ipynb"), str(tmp_path / "out.ipynb"),
+                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False,
+                        parameters={"N_BOOT": 2, "N_RANDOM_INIT": 6, "HALF_SIZES": [2, 4], "STABLE_LAYER": 0})
+    res = json.loads((tmp_path / "results" / "07_null_models.json").read_text())["results"]
+    assert res["params"]["N_RANDOM_INIT"] == 6 and res["params"]["HALF_SIZES"] == [2, 4]
+    assert res["scratch_vs_finetune"] == [] and res["lora_shared_init"] is None
+    assert len(res["base_inheritance"]) == 6           # 6 encoder matrices of the one layer
+    assert len(list((tmp_path / "cache" / "random_init").glob("*/seed_5/model.safetensors"))) == 1
