@@ -20,3 +20,20 @@ def test_clean_metadata_keeps_outputs_and_counts():
     assert "papermill" not in out.metadata
     assert out.cells[0].metadata == {"tags": ["x"]}
     assert out.cells[0].execution_count == 3 and out.cells[0].outputs[0].text == "1\n"
+
+
+def test_reproduce_runs_notebooks_then_writes_the_claims_ledger(tmp_path, monkeypatch):
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    nb = new_notebook()
+    nb.cells.append(new_code_cell("from uws_core.results import save_results\n"
+                                  "save_results('07_null_models', {'random_init': {'table': {'random_init': {'rows': 0.3},"
+                                  " 'mp': {'rows': 0.3}}}, 'params': {'N_RANDOM_INIT': 5}, 'lora_shared_init': None})"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, nbdir / "07_null_models.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", nbdir)
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    assert reproduce.main([]) == 0
+    ledger = (tmp_path / "results" / "CLAIMS.md").read_text()
+    assert "Randomly initialised models share a low-rank subspace" in ledger and "N=5: 0.3000 vs 0.3000" in ledger
+    assert (tmp_path / "results" / "executed" / "07_null_models.ipynb").is_file()

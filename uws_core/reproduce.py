@@ -1,7 +1,8 @@
 """Execute every notebook at the current scale (``make reproduce``).
 
 Default: run each ``notebooks/NN_*.ipynb`` with papermill into ``results/executed/``; the notebooks
-themselves write ``results/<name>.json`` and ``results/figures/*.png``. With ``--inplace`` the
+themselves write ``results/<name>.json`` and ``results/figures/*.png``, and the run ends by writing the
+claims ledger ``results/CLAIMS.md`` from them (:mod:`uws_core.claims`). With ``--inplace`` the
 committed notebooks are re-executed in place and their metadata cleaned (what CI's nbval checks).
 """
 
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             execute_inplace(path)
         log.info("%-45s %7.1f s  -> %s", path.name, time.perf_counter() - t0, target)
     if not args.inplace:
-        log.info("results in %s", results_dir())
+        from .claims import write_ledger
+
+        log.info("results in %s; claims ledger %s", results_dir(), write_ledger(results_dir()))
     return 0
 
 

@@ -1,0 +1,96 @@
+"""The ledger's verdicts follow the numbers in the result files, and a missing notebook is "not run"."""
+import json
+
+import pytest
+
+from uws_core import claims
+
+
+def _write(d, stem, results, scale="laptop"):
+    (d / f"{stem}.json").write_text(json.dumps({"notebook": stem, "scale": scale, "results": results}))
+
+
+def _lora(excess=0.2, every=True):
+    views = ("A (rows, authors)", "B (cols, authors)", "B@A (model axis, replication)", "B@A (rows)")
+    return {"n_adapters": 10, "rank": 4,
+            "verdict_k16": {v: {"beats per-adapter null in every module": every,
+                                "beats pooled null in every module": True,
+                                "median excess over per-adapter null": excess} for v in views},
+            "median_top_evr": {"trained": {v: {"16": 0.5 + excess} for v in views},
+                               "null_per_model": {v: {"16": 0.5} for v in views}}}
+
+
+def _random_init(gap):
+    return {"random_init": {"table": {"random_init": {"rows": 0.27 + gap}, "mp": {"rows": 0.27}}},
+            "params": {"N_RANDOM_INIT": 64}, "lora_shared_init": None}
+
+
+def _vit(proj=0.95, full=0.96, mean=0.7, rnd=0.8, shapes_ratio=56.0, null_gap=0.4):
+    acc = []
+    for g in ("fit", "unseen"):
+        acc += [{"group": g, "how": "rows", "k": 16, "acc": proj}, {"group": g, "how": "own", "k": 0, "acc": full},
+                {"group": g, "how": "mean", "k": 0, "acc": mean}, {"group": g, "how": "random", "k": 16, "acc": rnd}]
+    evr = [{"view": v, "type": t, "top16": 0.3 + null_gap, "null16": 0.3} for v in ("rows", "model") for t in ("q", "fc1")]
+    comp = [{"threshold": 0.9, "view": "rows", "ratio_encoder": 2.5, "ratio_whole": 2.4, "savings_encoder": 0.6}]
+    return {"projection_mean_acc": acc, "evr_median": evr, "compression_by_threshold": comp,
+            "paper_shapes_ratio_k16": {"rows_mean": shapes_ratio}}
+
+
+def _verdicts(d):
+    R = claims.load_all(d)
+    return {c.source + ":" + c.claim.split()[0]: c.verdict for c in claims.ledger(R)}, claims.ledger(R)
+
+
+def test_missing_results_are_not_run(tmp_path):
+    rows = claims.ledger(claims.load_all(tmp_path))
+    assert len(rows) == len(claims.CLAIMS) and {c.verdict for c in rows} == {claims.NOT_RUN}
+
+
+@pytest.mark.parametrize("excess,every,expected", [(0.2, True, "holds"), (0.01, True, "fails"), (0.2, False, "fails")])
+def test_lora_spectra_verdict_follows_excess_over_null(tmp_path, excess, every, expected):
+    _write(tmp_path, "01_mistral7b_lora_spectra", _lora(excess, every))
+    assert claims.lora_spectra(claims.load_all(tmp_path)).verdict == expected
+
+
+@pytest.mark.parametrize("gap,expected", [(0.0004, "fails"), (0.05, "holds")])
+def test_random_init_verdict(tmp_path, gap, expected):
+    _write(tmp_path, "07_null_models", _random_init(gap))
+    c = claims.random_init(claims.load_all(tmp_path))
+    assert c.verdict == expected and "N=64" in c.ours
+
+
+@pytest.mark.parametrize("kw,expected", [({}, "holds"), ({"proj": 0.85}, "fails"), ({"rnd": 0.93}, "fails"),
+                                          ({"mean": 0.92}, "fails")])
+def test_projection_verdict(tmp_path, kw, expected):
+    _write(tmp_path, "02_vit_spectra_and_projection", _vit(**kw))
+    assert claims.vit_projection(claims.load_all(tmp_path)).verdict == expected
+
+
+def test_projection_without_task_data_is_not_tested(tmp_path):
+    r = _vit()
+    r["projection_mean_acc"] = []
+    _write(tmp_path, "02_vit_spectra_and_projection", r, scale="paper")
+    assert claims.vit_projection(claims.load_all(tmp_path)).verdict == claims.NOT_TESTED
+
+
+@pytest.mark.parametrize("ratio,expected", [(56.0, "fails"), (120.0, "holds")])
+def test_compression_verdict_uses_paper_shapes(tmp_path, ratio, expected):
+    _write(tmp_path, "02_vit_spectra_and_projection", _vit(shapes_ratio=ratio))
+    assert claims.vit_compression(claims.load_all(tmp_path)).verdict == expected
+
+
+def test_markdown_ledger_written(tmp_path):
+    _write(tmp_path, "01_mistral7b_lora_spectra", _lora())
+    _write(tmp_path, "07_null_models", _random_init(0.0))
+    path = claims.write_ledger(tmp_path)
+    text = path.read_text()
+    assert path.name == "CLAIMS.md" and "(laptop scale)" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table) == 1 + len(claims.CLAIMS)           # header + one row per claim
+    assert all(line.count("|") == 8 for line in table)    # 7 columns, no stray pipes from the contents
+
+
+def test_corrupt_results_file_names_it(tmp_path):
+    (tmp_path / "02_vit_spectra_and_projection.json").write_text("{oops")
+    with pytest.raises(ValueError, match="02_vit_spectra_and_projection.json"):
+        claims.load_all(tmp_path)
