@@ -1,0 +1,423 @@
+"""Coefficient-only adaptation on a frozen basis (the authors' "SubspaceAdapter"), with its baselines,
+for many small runs at once.
+
+A run adapts a frozen base model to one task. For every adapted weight key (a matrix ``W_base`` of shape
+``(d_out, d_in)``) the weight the model sees is
+
+* ``subspace``, rows unfolding (the authors' full-model recipe): ``W = W_base + S + C U^T`` with ``U``
+  ``(d_in, k)`` a frozen input-side basis and ``C`` ``(d_out, k)`` trainable: ``d_out * k`` parameters;
+* ``subspace``, cols unfolding: ``W = W_base + S + U C``, ``U`` ``(d_out, k)`` output-side, ``C`` ``(k, d_in)``:
+  ``k * d_in`` parameters;
+* ``subspace``, model axis (the replication's "k coefficients per module"): ``W = W_base + S + mat(V c)``,
+  ``V`` ``(d_out * d_in, k)``, ``c`` ``(k,)``: ``k`` parameters;
+* ``lora`` of rank r: ``W = W_base + S + s B A``, ``A`` ``(r, d_in)`` (PEFT's kaiming-uniform init), ``B``
+  ``(d_out, r)`` zero: ``r (d_in + d_out)`` parameters;
+* ``full``: ``W = W_base + S + D``, ``D`` ``(d_out, d_in)`` trainable, zero at the start;
+
+where ``S`` is a frozen start offset: zero ("basis only") or the mean of the other models' updates ("with the
+mean"). Any other key can be made trainable as a whole (a classification head). Coefficients start at 0, so
+every run starts at ``W_base + S``.
+
+Every tensor carries a leading run axis ``G``: :class:`Adapter` holds G runs of one model, possibly with
+per-run bases and offsets (``(G, d, k)``), and :func:`fit_runs` trains them together with Adam on the sum
+of the per-run losses, each with its own learning rate. Adam is elementwise, so every run follows the
+trajectory it would follow alone (up to float round-off). The model is any function of a name-keyed weight
+dict: :func:`uws_core.vit_model.vit_logits` for the ViT (batched natively), or a ``torch.nn.Module`` through
+:func:`functional_forward` (``torch.func.functional_call`` under ``torch.func.vmap``) for the tiny Mistral.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from uws_core.spectral import stack_spectrum
+from uws_core.subspace import random_orthonormal_basis
+
+__all__ = ["UNFOLDINGS", "subspace_update", "lora_update", "Adapter", "lr_factor", "fit_runs", "functional_forward",
+           "task_vector_basis", "random_basis", "trainable_parameter_count", "peft_weight_key", "lora_delta",
+           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy"]
+
+UNFOLDINGS = ("rows", "cols", "model")
+
+
+def subspace_update(coef: torch.Tensor, basis: torch.Tensor, unfolding: str, shape: tuple[int, int]) -> torch.Tensor:
+    """The update spanned by a basis: rows ``C U^T``, cols ``U C``, model ``mat(V c)``.
+
+    coef: rows (G, d_out, k), cols (G, k, d_in), model (G, k); basis: (d, k) shared or (G, d, k) per run,
+    d = d_in (rows), d_out (cols), d_out*d_in (model). Returns (G, d_out, d_in).
+    """
+    if unfolding == "rows":
+        return coef @ basis.transpose(-1, -2)                                     # (G, d_out, k) (.., k, d_in)
+    if unfolding == "cols":
+        return basis @ coef                                                       # (.., d_out, k) (G, k, d_in)
+    if unfolding == "model":
+        return (basis @ coef.unsqueeze(-1)).reshape(coef.shape[0], *shape)       # (.., D, k) (G, k, 1)
+    raise ValueError(f"unfolding must be one of {UNFOLDINGS}, got {unfolding!r}")
+
+
+def lora_update(b: torch.Tensor, a: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``scaling * B @ A``: B (G, d_out, r), A (G, r, d_in) -> (G, d_out, d_in)."""
+    return scaling * (b @ a)
+
+
+def _basis_dim(unfolding: str, shape: tuple[int, int]) -> int:
+    d_out, d_in = shape
+    return {"rows": d_in, "cols": d_out, "model": d_out * d_in}[unfolding]
+
+
+class Adapter:
+    """G runs of one frozen base model, each adapting some weight keys (see the module docstring).
+
+    Parameters
+    ----------
+    base : dict name -> tensor, the frozen weights (cloned, float32, never trained)
+    n_runs : G, the number of runs held together
+    """
+
+    def __init__(self, base: dict[str, torch.Tensor], n_runs: int):
+        if n_runs < 1:
+            raise ValueError(f"n_runs must be >= 1, got {n_runs}")
+        self.base = {k: v.detach().to(torch.float32).clone() for k, v in base.items()}
+        self.n_runs = int(n_runs)
+        self.params: dict[str, torch.Tensor] = {}      # trainable leaves, each (G, ...)
+        self.frozen: dict[str, torch.Tensor] = {}      # bases, start offsets, LoRA nothing: never trained
+        self.kinds: dict[str, tuple] = {}              # key -> (kind, unfolding or scaling)
+        self._counts: dict[str, np.ndarray] = {}       # param name -> trainable numbers per run (G,)
+
+    # ------------------------------------------------------------------ building
+    def _check_key(self, key: str, matrix: bool = True) -> tuple[int, ...]:
+        if key not in self.base:
+            raise KeyError(f"weight key {key!r} is not in the base model (it has e.g. {sorted(self.base)[:3]})")
+        if key in self.kinds:
+            raise KeyError(f"weight key {key!r} is adapted twice")
+        shape = tuple(self.base[key].shape)
+        if matrix and len(shape) != 2:
+            raise ValueError(f"weight key {key!r} has shape {shape}; only matrices (d_out, d_in) can be adapted")
+        return shape
+
+    def _per_run(self, name: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """A frozen tensor shared by all runs ``shape`` or given per run ``(G, *shape)``; float32 copy."""
+        t = torch.as_tensor(t).detach().to(torch.float32)
+        if tuple(t.shape) not in (shape, (self.n_runs, *shape)):
+            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected {shape} or ({self.n_runs}, *{shape})")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: non-finite values")
+        return t.clone()
+
+    def _start(self, key, start, shape):
+        if start is not None:
+            self.frozen[f"{key}:start"] = self._per_run(f"start offset of {key!r}", start, shape)
+
+    def _param(self, name: str, t: torch.Tensor, per_run: int | np.ndarray) -> None:
+        self.params[name] = t.detach().to(torch.float32).clone().requires_grad_()
+        self._counts[name] = np.broadcast_to(np.asarray(per_run, dtype=np.int64), (self.n_runs,)).copy()
+
+    def add_subspace(self, key: str, basis: torch.Tensor, unfolding: str = "rows", start=None) -> None:
+        """Train only coefficients on the frozen ``basis`` ((d, k) or (G, d, k)) of ``key``; see the module
+        docstring for the shapes per unfolding. ``start``: frozen offset S ((d_out, d_in) or per run)."""
+        shape = self._check_key(key)
+        if unfolding not in UNFOLDINGS:
+            raise ValueError(f"unfolding must be one of {UNFOLDINGS}, got {unfolding!r} (key {key!r})")
+        d = _basis_dim(unfolding, shape)
+        b = torch.as_tensor(basis)
+        if b.ndim not in (2, 3) or b.shape[-2] != d:
+            raise ValueError(f"basis for {key!r} ({unfolding}) must be (d={d}, k) or (G, {d}, k), got {tuple(b.shape)}")
+        k = int(b.shape[-1])
+        self.frozen[f"{key}:basis"] = self._per_run(f"basis of {key!r}", b, tuple(b.shape[-2:]))
+        self._start(key, start, shape)
+        coef_shape = {"rows": (shape[0], k), "cols": (k, shape[1]), "model": (k,)}[unfolding]
+        self._param(f"{key}:coef", torch.zeros(self.n_runs, *coef_shape), int(np.prod(coef_shape)))
+        self.kinds[key] = ("subspace", unfolding)
+
+    def add_lora(self, key: str, rank: int, scaling: float, seeds, start=None) -> None:
+        """A fresh rank-``rank`` LoRA per run: A ~ U(+-1/sqrt(d_in)) drawn from ``seeds[g]`` (PEFT's default),
+        B = 0, update ``scaling * B A``."""
+        d_out, d_in = self._check_key(key)
+        if rank < 1 or len(seeds) != self.n_runs:
+            raise ValueError(f"LoRA on {key!r}: need rank >= 1 and one seed per run, got rank {rank}, {len(seeds)} seeds")
+        self._start(key, start, (d_out, d_in))
+        a = torch.stack([(torch.rand(rank, d_in, generator=torch.Generator().manual_seed(int(s))) * 2 - 1)
+                         / math.sqrt(d_in) for s in seeds])                      # (G, r, d_in)
+        self._param(f"{key}:lora_A", a, rank * d_in)
+        self._param(f"{key}:lora_B", torch.zeros(self.n_runs, d_out, rank), d_out * rank)
+        self.kinds[key] = ("lora", float(scaling))
+
+    def add_full(self, key: str, start=None) -> None:
+        """Every entry of ``key`` trainable, as an update D (G, d_out, d_in) starting at zero."""
+        shape = self._check_key(key)
+        self._start(key, start, shape)
+        self._param(f"{key}:delta", torch.zeros(self.n_runs, *shape), int(np.prod(shape)))
+        self.kinds[key] = ("full", None)
+
+    def add_trainable(self, key: str, init: torch.Tensor, counted=None) -> None:
+        """Replace ``key`` by a trainable tensor ``init`` (G, ...) (e.g. a fresh head per run). ``counted``:
+        trainable numbers per run when ``init`` is padded (heads of tasks with fewer classes)."""
+        self._check_key(key, matrix=False)
+        if init.shape[0] != self.n_runs or init.ndim != self.base[key].ndim + 1:
+            raise ValueError(f"init of {key!r} must be (G={self.n_runs}, ...), got {tuple(init.shape)}")
+        self._param(f"{key}:value", init, int(np.prod(init.shape[1:])) if counted is None else counted)
+        self.kinds[key] = ("value", None)
+
+    # ------------------------------------------------------------------ using
+    def update(self, key: str) -> torch.Tensor:
+        """The trained update of ``key`` (G, d_out, d_in), without the start offset."""
+        kind, how = self.kinds[key]
+        shape = tuple(self.base[key].shape)
+        if kind == "subspace":
+            return subspace_update(self.params[f"{key}:coef"], self.frozen[f"{key}:basis"], how, shape)
+        if kind == "lora":
+            return lora_update(self.params[f"{key}:lora_B"], self.params[f"{key}:lora_A"], how)
+        if kind == "full":
+            return self.params[f"{key}:delta"]
+        raise KeyError(f"key {key!r} is replaced as a whole, it has no update")
+
+    def weights(self, with_frozen: bool = True) -> dict[str, torch.Tensor]:
+        """Name-keyed weights of the G runs, each (G, ...); frozen keys are broadcast views of the base
+        (``with_frozen=False`` leaves them out, for ``functional_call(..., strict=False)``)."""
+        out = {}
+        for key, w in self.base.items():
+            kind = self.kinds.get(key, (None,))[0]
+            if kind is None:
+                if with_frozen:
+                    out[key] = w.expand(self.n_runs, *w.shape)
+            elif kind == "value":
+                out[key] = self.params[f"{key}:value"]
+            else:
+                start = self.frozen.get(f"{key}:start")
+                out[key] = w + self.update(key) + (0.0 if start is None else start)
+        return out
+
+    def n_trainable(self) -> np.ndarray:
+        """Trainable numbers per run (G,) int64."""
+        return sum(self._counts.values(), np.zeros(self.n_runs, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def lr_factor(step: int, steps: int, warmup_frac: float = 0.1) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
+    warm = max(1, int(math.ceil(warmup_frac * steps)))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+
+def fit_runs(adapter: Adapter, loss_fn, steps: int, lrs, warmup_frac: float = 0.1, betas=(0.9, 0.999),
+             eps: float = 1e-8) -> np.ndarray:
+    """Train the G runs of ``adapter`` together with Adam (no weight decay); returns losses (steps, G).
+
+    ``loss_fn(weights, step)`` gets :meth:`Adapter.weights` and returns the per-run losses (G,); the
+    gradient of their sum reaches each run's own parameters only, and Adam's update is elementwise, so
+    run g follows its own trajectory with learning rate ``lrs[g]`` (schedule :func:`lr_factor`).
+    """
+    g = adapter.n_runs
+    lr = torch.as_tensor(np.asarray(lrs, dtype=np.float64), dtype=torch.float32)
+    if lr.shape != (g,):
+        raise ValueError(f"need one learning rate per run ({g}), got {tuple(lr.shape)}")
+    m1 = {n: torch.zeros_like(p) for n, p in adapter.params.items()}
+    m2 = {n: torch.zeros_like(p) for n, p in adapter.params.items()}
+    b1, b2 = betas
+    losses = np.zeros((steps, g))
+    for step in range(steps):
+        for p in adapter.params.values():
+            p.grad = None
+        per_run = loss_fn(adapter.weights(), step)
+        if per_run.shape != (g,):
+            raise ValueError(f"loss_fn must return one loss per run ({g},), got {tuple(per_run.shape)}")
+        per_run.sum().backward()
+        rate = lr * lr_factor(step, steps, warmup_frac)
+        with torch.no_grad():
+            for n, p in adapter.params.items():
+                m1[n].mul_(b1).add_(p.grad, alpha=1 - b1)
+                m2[n].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                upd = (m1[n] / (1 - b1 ** (step + 1))) / ((m2[n] / (1 - b2 ** (step + 1))).sqrt() + eps)
+                p.sub_(rate.view(g, *(1,) * (p.ndim - 1)) * upd)
+        losses[step] = per_run.detach().double().numpy()
+    return losses
+
+
+def functional_forward(module: torch.nn.Module, weights: dict[str, torch.Tensor], *args, output=None,
+                       kwargs: dict | None = None):
+    """``module``'s forward with G weight sets at once: ``vmap(functional_call)`` over the leading axis of
+    ``weights`` (adapted keys only; the module's own parameters fill the rest) and of every ``args`` tensor.
+    ``output`` picks tensors from the module's output inside the vmap (e.g. ``lambda o: o.logits``);
+    ``kwargs`` go to every call unbatched. Needs a forward vmap can batch (transformers: eager attention)."""
+    names = list(weights)
+
+    def one(ws, *a):
+        out = torch.func.functional_call(module, dict(zip(names, ws)), a, kwargs or {}, strict=False)
+        return out if output is None else output(out)
+
+    return torch.func.vmap(one)(tuple(weights[n] for n in names), *args)
+
+
+# ------------------------------------------------------------------------------------------ bases
+
+def task_vector_basis(updates, k: int, unfolding: str = "rows") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k basis of N models' updates of one key and their mean update.
+
+    ``updates`` (N, d_out, d_in) are the models' task vectors ``W_i - W_base`` (or LoRA products ``s B_i A_i``).
+    The stack is centred by the cross-model mean matrix and one unfolding's top-k right singular vectors are
+    kept (dense float64 SVD, :func:`uws_core.spectral.stack_spectrum`): rows (N*d_out, d_in) -> (d_in, k),
+    cols (N*d_in, d_out) -> (d_out, k), model (N, d_out*d_in) -> (d_out*d_in, k). k above the rank of the
+    centred unfolding is an error. Returns (basis float32, mean update float32 (d_out, d_in)).
+    """
+    spec = stack_spectrum(updates, unfolding=unfolding, center="models", k=k)
+    if spec.basis is None or spec.basis.shape[1] < k:
+        raise ValueError(f"k={k} exceeds the {spec.n_components} components of the {unfolding} unfolding "
+                         f"of {spec.n_models} updates of shape {spec.matrix_shape}")
+    return spec.basis.to(torch.float32), spec.mean.to(torch.float32)
+
+
+def random_basis(d: int, k: int, seed: int) -> torch.Tensor:
+    """The null: a Haar-random orthonormal (d, k) basis, float32."""
+    return random_orthonormal_basis(d, k, seed=seed).to(torch.float32)
+
+
+def trainable_parameter_count(method: str, shapes: dict, k: int = 0, unfolding: str = "rows") -> int:
+    """Trainable numbers of one run over the adapted matrices ``shapes`` (key -> (d_out, d_in)), heads not
+    counted: ``subspace`` (rows d_out k, cols k d_in, model k), ``lora`` (rank k: k (d_out + d_in)), ``full``
+    (d_out d_in), ``head`` (0)."""
+    per = {"subspace": lambda o, i: {"rows": o * k, "cols": k * i, "model": k}[unfolding],
+           "lora": lambda o, i: k * (o + i), "full": lambda o, i: o * i, "head": lambda o, i: 0}
+    if method not in per or unfolding not in UNFOLDINGS:
+        raise ValueError(f"unknown method {method!r} or unfolding {unfolding!r}; methods: {sorted(per)}")
+    return int(sum(per[method](int(o), int(i)) for o, i in shapes.values()))
+
+
+# ------------------------------------------------------------------------------------------ LoRA populations
+
+PEFT_PREFIX = "base_model.model."
+
+
+def peft_weight_key(module: str) -> str:
+    """PEFT module name (``base_model.model.model.layers.0.self_attn.q_proj``) -> the base model's weight key
+    (``model.layers.0.self_attn.q_proj.weight``)."""
+    if not module.startswith(PEFT_PREFIX):
+        raise KeyError(f"{module!r} does not start with PEFT's prefix {PEFT_PREFIX!r}")
+    return module[len(PEFT_PREFIX):] + ".weight"
+
+
+def lora_delta(state: dict[str, torch.Tensor], module: str, scaling: float) -> torch.Tensor:
+    """``scaling * B @ A`` (d_out, d_in) float32 of one module of a PEFT-keyed adapter state (computed in
+    float64); a missing factor names the key."""
+    a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
+    for key in (a_key, b_key):
+        if key not in state:
+            raise KeyError(f"adapter state has no key {key!r}")
+    b, a = state[b_key].double(), state[a_key].double()                      # (d_out, r), (r, d_in)
+    if b.shape[1] != a.shape[0]:
+        raise ValueError(f"{module}: B {tuple(b.shape)} and A {tuple(a.shape)} have different ranks")
+    return (scaling * b @ a).to(torch.float32)
+
+
+def dense_lora_state(deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Dense updates (weight key -> (d_out, d_in)) as a PEFT-keyed "LoRA" of full rank (B = delta, A = I), so
+    that :meth:`uws_core.lora_zoo.LoraPopulation.evaluate` (``scaling=1``) evaluates ``W_base + delta``."""
+    out = {}
+    for key, d in deltas.items():
+        if not key.endswith(".weight") or d.ndim != 2:
+            raise ValueError(f"{key!r}: need a '<module>.weight' key and a (d_out, d_in) update, got {tuple(d.shape)}")
+        module = PEFT_PREFIX + key[:-len(".weight")]
+        out[f"{module}.lora_B.weight"] = d.detach().to(torch.float32).clone()
+        out[f"{module}.lora_A.weight"] = torch.eye(d.shape[1])
+    return out
+
+
+def lm_loss_fn(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, seeds, batch_size: int):
+    """Per-run loss for :func:`fit_runs` on a causal LM: run g's mean answer NLL
+    (:func:`uws_core.tinylm.answer_nll`) on ``batch_size`` of its own examples ``ids[g]`` (G, n, T) / ``mask``,
+    drawn without replacement from ``np.random.default_rng(seeds[g])`` at every step."""
+    from uws_core.tinylm import answer_nll
+
+    g, n = ids.shape[:2]
+    rngs = [np.random.default_rng(int(s)) for s in seeds]
+    rows = torch.arange(g)[:, None]
+
+    def loss_fn(weights, step):
+        pick = torch.from_numpy(np.stack([r.choice(n, batch_size, replace=False) for r in rngs]))  # (G, B)
+        b_ids, b_mask = ids[rows, pick], mask[rows, pick]                                           # (G, B, T)
+        t = int((b_ids != 0).sum(-1).max())                                 # pad id 0: trim to the longest
+        logits = functional_forward(module, weights, b_ids[..., :t], output=lambda o: o.logits,
+                                    kwargs={"use_cache": False})                              # (G, B, t, V)
+        return torch.stack([answer_nll(logits[i], b_ids[i, :, :t], b_mask[i, :, :t]).mean() for i in range(g)])
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------ ViT tasks
+
+def vit_split(task: str, config, val_fraction: float = 0.2, n_train: int | None = None) -> dict:
+    """Train / val / test images (n, 8, 8) and labels of one ViT task. ``val`` is a fixed subset of the train
+    split (the ViT tasks have only train / test): a permutation seeded by the task name, its first
+    ``round(val_fraction * n)`` examples; ``train`` is the rest (its first ``n_train`` when given)."""
+    from uws_core.vit_tasks import stable_seed, task_data
+
+    x, y = task_data(task, "train", config.test_fraction, config.split_seed)
+    perm = np.random.default_rng(stable_seed(task, "adaptation-val")).permutation(len(y))
+    n_val = int(round(val_fraction * len(y)))
+    tr = np.sort(perm[n_val:][:n_train])
+    va = np.sort(perm[:n_val])
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(f"task {task!r}: {len(tr)} train / {len(va)} val examples after the split")
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]),
+            "test": task_data(task, "test", config.test_fraction, config.split_seed)}
+
+
+def _padded(arrays, fill):
+    out = np.full((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return torch.from_numpy(out)
+
+
+def class_mask(n_classes, n_labels: int) -> torch.Tensor:
+    """(G, 1, n_labels): 0 on a run's own classes, -inf on the padded head rows."""
+    m = torch.full((len(n_classes), 1, n_labels), float("-inf"))
+    for i, c in enumerate(n_classes):
+        m[i, :, :int(c)] = 0.0
+    return m
+
+
+def vit_loss_fn(splits: list[dict], n_classes, seeds, batch_size: int, steps: int, config):
+    """Per-run loss for :func:`fit_runs` on the ViT: cross-entropy of run g on ``batch_size`` examples of
+    ``splits[g]["train"]`` per step, from shuffled epochs seeded by ``seeds[g]``."""
+    from uws_core.vit_model import vit_logits
+
+    xs = _padded([s["train"][0] for s in splits], 0.0)                                    # (G, n, 8, 8)
+    ys = _padded([s["train"][1] for s in splits], 0)                                      # (G, n)
+    order = []
+    for s, seed in zip(splits, seeds):
+        n, rng = len(s["train"][1]), np.random.default_rng(int(seed))
+        reps = int(math.ceil(steps * batch_size / n))
+        order.append(np.concatenate([rng.permutation(n) for _ in range(reps)])[:steps * batch_size])
+    order = torch.from_numpy(np.stack(order).reshape(len(splits), steps, batch_size))   # (G, steps, B)
+    rows = torch.arange(len(splits))[:, None]
+
+    def loss_fn(weights, step):
+        idx = order[:, step]                                                               # (G, B)
+        mask = class_mask(n_classes, weights["classifier.weight"].shape[1])                # padded head rows
+        logits = vit_logits(weights, xs[rows, idx], config) + mask                         # (G, B, L)
+        return F.cross_entropy(logits.transpose(1, 2), ys[rows, idx], reduction="none").mean(1)
+
+    return loss_fn
+
+
+@torch.no_grad()
+def vit_accuracy(weights: dict[str, torch.Tensor], splits: list[dict], split: str, n_classes, config,
+                 chunk: int = 256) -> np.ndarray:
+    """Accuracy (G,) of run g's weights on ``splits[g][split]``, ``chunk`` examples per forward."""
+    from uws_core.vit_model import vit_logits
+
+    xs = _padded([s[split][0] for s in splits], 0.0)
+    ys = _padded([s[split][1] for s in splits], -1)                                       # -1: padding, never right
+    mask = class_mask(n_classes, weights["classifier.weight"].shape[1])
+    correct = torch.zeros(len(splits), dtype=torch.float64)
+    for i in range(0, xs.shape[1], chunk):
+        pred = (vit_logits(weights, xs[:, i:i + chunk], config) + mask).argmax(-1)
+        correct += (pred == ys[:, i:i + chunk]).sum(1).double()
+    return (correct / torch.tensor([len(s[split][1]) for s in splits], dtype=torch.float64)).numpy()
