@@ -161,3 +161,59 @@ def test_input_errors(adapter_population, checkpoint_population, tmp_path, capsy
     fails(capsys, *checkpoint_population.dirs, "--unfolding", "tucker", "--out", out, code=2)  # argparse
     fails(capsys, *checkpoint_population.dirs, "--unfolding", "rows", "--keys", "(", "--out", out, code=2)
     assert not out.exists()
+
+
+# ----- uws spectra (streamed, resumable), uws manifest lock, uws download -----
+
+def test_spectra_streams_matches_spectrum_and_resumes(checkpoint_population, tmp_path, capsys):
+    root = checkpoint_population.dirs[0].parent
+    one = run(tmp_path, root, "--unfolding", "rows", "--center", "models")
+    out = tmp_path / "streamed"
+    assert main(["spectra", str(root), "--out", str(out), "--keys", "layers"]) == 0
+    assert "(14 computed, 0 resumed, 0 over the memory limit)" in capsys.readouterr().out
+    streamed = json.loads((out / "spectra.json").read_text())
+    assert streamed["models"] == one["models"]
+    for key, got in streamed["keys"].items():
+        ref = one["keys"][key]
+        np.testing.assert_allclose(got["spectra"]["weight"]["evr"], ref["evr"][:512], rtol=0, atol=TOL)
+        assert got["spectra"]["weight"]["k_at"]["0.9"] == ref["k_at"]["0.9"]
+    err = fails_cmd(capsys, "spectra", root, "--out", out, "--keys", "layers")
+    assert "already holds a run" in err and "--resume" in err
+    assert main(["spectra", str(root), "--out", str(out), "--keys", "layers", "--resume"]) == 0
+    assert "(0 computed, 14 resumed" in capsys.readouterr().out
+
+
+def fails_cmd(capsys, *args, code: int = 1, api=None) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*map(str, args)], api=api)
+    assert exc.value.code == code
+    captured = capsys.readouterr()
+    return captured.err + captured.out
+
+
+def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp_path, capsys):
+    from test_hub import FakeHub
+
+    from uws_core.manifests import MANIFEST_DIR, load_manifest
+
+    mdir = tmp_path / "manifests"
+    shutil.copytree(MANIFEST_DIR, mdir)
+    df = load_manifest("mistral7b_loras", mdir)
+    ids = list(df["repo_id"][:2])
+    for repo_id, d in zip(ids, adapter_population.dirs):
+        shutil.copytree(d, tmp_path / "hub" / repo_id)
+    df.loc[:1, "expected_shapes"] = ""  # tiny adapters: not Mistral-7B's shapes
+    df.to_csv(mdir / "mistral7b_loras.csv", index=False, lineterminator="\n")
+    hub, csv = FakeHub(tmp_path / "hub"), str(mdir / "mistral7b_loras.csv")
+    assert main(["manifest", "lock", csv, "--limit", "2"], api=hub) == 0
+    assert "2 entries locked, 0 failed" in capsys.readouterr().out
+    dest = tmp_path / "dest"
+    assert main(["download", csv, "--limit", "2", "--dest", str(dest)], api=hub) == 0
+    assert "4 downloaded" in capsys.readouterr().out
+    assert (dest / ids[1] / "adapter_model.safetensors").is_file()
+    shutil.rmtree(dest / ids[1])
+    hub.tamper[(ids[1], "adapter_model.safetensors")] = b"not a safetensors file"
+    out = fails_cmd(capsys, "download", csv, "--limit", "2", "--dest", dest, "--only", "task", api=hub)
+    assert "2 present" in out and f"refused: {ids[1]}/adapter_model.safetensors: size" in out
+    err = fails_cmd(capsys, "manifest", "lock", "bert", api=hub)
+    assert "'bert' is neither a model family" in err

@@ -1,6 +1,13 @@
-"""Command line: ``uws spectrum DIRS... --unfolding rows --out results.json``.
+"""Command line: ``uws spectrum``, ``uws spectra``, ``uws download`` and ``uws manifest lock``.
 
-For every weight key shared by a population of transformers checkpoints, or every module key shared
+* ``uws spectrum DIRS... --unfolding rows --out results.json``: one JSON for a population (below);
+* ``uws spectra POPULATION_DIR --out DIR [--resume]``: the same spectra streamed key by key into a
+  directory, resumable after an interruption (:mod:`uws_core.population_spectra`);
+* ``uws download MANIFEST [--limit N] [--only REGEX] [--dest DIR]``: pinned, checksum-verified downloads
+  of a manifest's entries (:mod:`uws_core.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
+  checksums (needs network).
+
+``uws spectrum``: for every weight key shared by a population of transformers checkpoints, or every module key shared
 by a population of PEFT LoRA adapters, compute the spectrum of one centred unfolding of the stack
 (N, d_out, d_in) (a plain truncated SVD of that unfolding; see :mod:`uws_core.spectral`) and write a
 JSON summary: shape, N, unfolding, centring, the full explained-variance-ratio (EVR) list, the k that
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uws", description="Spectra of weight stacks across model populations.")
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("spectrum", help="EVR spectrum of one unfolding per weight key",
-                        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                        description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("dirs", nargs="+", type=Path, metavar="DIRS",
                     help="adapter or checkpoint directories, or roots holding many of one kind")
     sp.add_argument("--unfolding", required=True, choices=UNFOLDINGS,
@@ -187,31 +194,143 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoints: analyse the keys common to all models instead of refusing differing key sets")
     sp.add_argument("--out", required=True, type=Path, help="output JSON file")
     sp.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+    ss = sub.add_parser("spectra", help="per-key spectra of a population streamed into a directory, resumable",
+                        description=population_spectra_doc())
+    ss.add_argument("dirs", nargs="+", type=Path, metavar="POPULATION_DIR",
+                    help="a root holding adapters or checkpoints (any depth), or the model directories")
+    ss.add_argument("--out", required=True, type=Path, help="output directory (keys/*.json, spectra.json)")
+    ss.add_argument("--resume", action="store_true", help="continue a run in --out: keys already written are skipped")
+    ss.add_argument("--unfolding", default="rows", choices=UNFOLDINGS, help="default rows (the authors' recipe)")
+    ss.add_argument("--center", default="models", choices=CENTERS, help="default models (subtract the mean matrix)")
+    ss.add_argument("--keys", default=None, metavar="REGEX", help="only keys matching this regex (re.search)")
+    ss.add_argument("--basis-k", type=int, default=0, help="also save the top-k basis per key (checkpoints, rows/cols)")
+    ss.add_argument("--max-key-gib", type=float, default=None,
+                    help="skip (and report) keys whose memory bound exceeds this many GiB")
+    ss.add_argument("--device", default=None, help="compute device (default: UWS_DEVICE, else cuda if present)")
+    ss.add_argument("--allow-missing-keys", action="store_true", help="checkpoints: use the keys common to all")
+    ss.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+    sd = sub.add_parser("download", help="pinned, sha256-verified download of a manifest's entries")
+    sd.add_argument("manifest", metavar="MANIFEST", help="a family (mistral7b_loras, llama8b, ...) or its CSV path")
+    sd.add_argument("--dest", type=Path, default=None,
+                    help="root of the local copies (default: the notebook's env variable, e.g. UWS_MISTRAL_LORA_DIR, "
+                         "else checkpoints/<family>)")
+    sd.add_argument("--limit", type=int, default=None, help="only the first N selected entries")
+    sd.add_argument("--only", default=None, metavar="REGEX", help="only entries whose repo id matches (re.search)")
+    sd.add_argument("--allow-unpinned", action="store_true",
+                    help="download entries that are not locked, at the hub's current main (reported, not pinned)")
+    sd.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+    sm = sub.add_parser("manifest", help="manifest maintenance")
+    msub = sm.add_subparsers(dest="action", required=True)
+    sl = msub.add_parser("lock", help="pin revisions and hub checksums into a manifest (needs network)")
+    sl.add_argument("manifest", metavar="MANIFEST", help="a family or its CSV path")
+    sl.add_argument("--limit", type=int, default=None, help="only the first N selected entries")
+    sl.add_argument("--only", default=None, metavar="REGEX", help="only entries whose repo id matches (re.search)")
+    sl.add_argument("--relock", action="store_true", help="re-resolve entries that are already locked")
+    sl.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``uws``; returns 0 on success, exits with status 1 and a message on bad input."""
+def population_spectra_doc() -> str:
+    from uws_core import population_spectra
+
+    return population_spectra.__doc__.split("\n\n")[0]
+
+
+# the notebooks' paper-scale directories: the default --dest of ``uws download``
+DEST_ENV = {"mistral7b_loras": "UWS_MISTRAL_LORA_DIR", "vit": "UWS_VIT_DIR", "llama8b": "UWS_LLAMA_DIR"}
+
+
+def run_spectra(args: argparse.Namespace) -> str:
+    """``uws spectra``: stream per-key spectra into ``--out``; returns the line to print."""
+    from uws_core.population_spectra import AdapterSet, MatrixPopulation, population_spectra
+
+    kind, dirs, names = find_population(args.dirs)
+    pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
+           else MatrixPopulation(dirs, names=names, strict=not args.allow_missing_keys))
+    res = population_spectra(pop, args.out, args.unfolding, args.center, keys=args.keys, basis_k=args.basis_k,
+                             resume=args.resume, device=args.device,
+                             max_key_bytes=None if args.max_key_gib is None else args.max_key_gib * 2 ** 30)
+    return (f"spectra of {len(res['keys'])} keys x {res['n_models']} {kind} in {args.out} "
+            f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit)")
+
+
+def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
+    """``uws download``: returns (summary, exit status: 1 if a file was refused, failed or is missing)."""
+    from uws_core.hub import download_manifest
+    from uws_core.manifests import resolve_manifest
+
+    family, mdir = resolve_manifest(args.manifest)
+    dest = args.dest or Path(os.environ.get(DEST_ENV.get(family, ""), "") or Path("checkpoints") / family)
+    rep = download_manifest(family, dest, api=api, manifest_dir=mdir, limit=args.limit, only=args.only,
+                            allow_unpinned=args.allow_unpinned)
+    counts = rep.to_dict()["counts"]
+    lines = [f"{family}: {len(rep.entries)} entries into {dest}"
+             + (" (HF_HUB_OFFLINE: nothing fetched)" if rep.offline else "") + ": "
+             + ", ".join(f"{v} {k}" for k, v in counts.items() if v)]
+    lines += [f"  {f.status}: {f.repo_id}/{f.file}: {f.detail}" for f in rep.files
+              if f.status in ("refused", "error", "missing_offline")]
+    not_ok = {k: v for k, v in rep.entries.items() if v != "ok"}
+    if not_ok:
+        lines.append(f"  {len(not_ok)} entries not downloaded, e.g. {next(iter(not_ok))}: {next(iter(not_ok.values()))}")
+    lines.append(f"report: {dest / f'uws-download-{family}.json'}")
+    bad = counts["refused"] + counts["error"] + counts["missing_offline"]
+    return "\n".join(lines) + "\n", int(bad > 0)
+
+
+def run_lock(args: argparse.Namespace, api=None) -> str:
+    from uws_core.hub import lock_manifest
+    from uws_core.manifests import manifest_path, resolve_manifest
+
+    family, mdir = resolve_manifest(args.manifest)
+    res = lock_manifest(family, api=api, manifest_dir=mdir, limit=args.limit, only=args.only, relock=args.relock)
+    lines = [f"{manifest_path(family, mdir)}: {res['locked']} entries locked, {len(res['failed'])} failed, "
+             f"{res['kept_locked']} were locked before"]
+    lines += [f"  lock_failed: {f['repo_id']}: {f['reason']}" for f in res["failed"][:20]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, api=None) -> int:
+    """Entry point of ``uws``; returns 0 on success, exits with status 1 and a message on bad input.
+
+    ``api`` replaces ``huggingface_hub.HfApi()`` for ``download`` and ``manifest lock`` (tests pass a local fake).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.k < 0:
+    command = "manifest lock" if args.command == "manifest" else args.command
+    if getattr(args, "k", 0) < 0:
         parser.error(f"--k must be >= 0, got {args.k}")
-    if args.keys:
-        try:
-            re.compile(args.keys)
-        except re.error as exc:
-            parser.error(f"--keys {args.keys!r} is not a valid regex: {exc}")
+    for opt in ("keys", "only"):
+        if getattr(args, opt, None):
+            try:
+                re.compile(getattr(args, opt))
+            except re.error as exc:
+                parser.error(f"--{opt} {getattr(args, opt)!r} is not a valid regex: {exc}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    status = 0
     try:
-        result = run_spectrum(args)
-    except (ValueError, KeyError, OSError) as exc:  # loader refusals name the file and key
-        log.debug("uws %s failed", args.command, exc_info=True)
+        if args.command == "spectrum":
+            result = run_spectrum(args)
+        elif args.command == "spectra":
+            message = run_spectra(args) + "\n"
+        elif args.command == "download":
+            message, status = run_download(args, api=api)
+        else:
+            message = run_lock(args, api=api)
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:  # loader refusals name the file and key
+        log.debug("uws %s failed", command, exc_info=True)
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        parser.exit(1, f"uws {args.command}: error: {msg}\n")
-    write_json(result, args.out)
-    sys.stdout.write(f"wrote spectra of {len(result['keys'])} keys x {result['n_models']} {result['source']} "
-                     f"to {args.out}\n")
+        parser.exit(1, f"uws {command}: error: {msg}\n")
+    if args.command == "spectrum":
+        write_json(result, args.out)
+        message = (f"wrote spectra of {len(result['keys'])} keys x {result['n_models']} {result['source']} "
+                   f"to {args.out}\n")
+    sys.stdout.write(message)
+    if status:
+        parser.exit(status)
     return 0
 
 

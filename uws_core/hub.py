@@ -159,7 +159,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
         repo_id = df.at[i, "repo_id"]
         try:
             sha, sums = lock_entry(api, repo_id, df.at[i, "files"], revision=df.at[i, "revision"] or None)
-        except (HubError, OSError, ValueError) as exc:  # HfHubHTTPError (404, gated, 5xx) is an OSError
+        except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
             out["failed"].append({"repo_id": repo_id, "reason": reason})
@@ -278,8 +278,8 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
                 continue
             try:
                 revision, sums = lock_entry(api, repo_id, row["files"])
-            except (HubError, OSError, ValueError) as exc:
-                report.entries[repo_id] = f"error: {exc}"
+            except Exception as exc:  # noqa: BLE001 - reported per entry
+                report.entries[repo_id] = f"error: {type(exc).__name__}: {exc}"
                 continue
         report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
                                                   parse_expected_shapes(row["expected_shapes"]),
@@ -296,7 +296,7 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
     if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
         try:
             infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - network or hub errors are reported per entry
             report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {exc}"))
             return "error"
         hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos}
@@ -334,7 +334,7 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
         try:
             got = Path(api.hf_hub_download(repo_id=repo_id, filename=c.name, revision=revision,
                                            local_dir=staging / repo_id))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun resumes
             report.files.append(FileOutcome(repo_id, c.name, "error", f"{type(exc).__name__}: {exc}"))
             outcome = "error"
             continue
