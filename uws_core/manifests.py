@@ -129,6 +129,12 @@ def match_files(names, patterns) -> list[str]:
     return keep
 
 
+def locked_bytes(manifest: pd.DataFrame) -> tuple[int, int]:
+    """(bytes of all pinned files, number of locked entries): the exact download size once locked."""
+    locked = manifest[manifest["hub_status"] == "locked"]
+    return sum(c.size for cell in locked["checksums"] for c in parse_checksums(cell)), len(locked)
+
+
 def manifest_path(family: str, manifest_dir: Path | str | None = None) -> Path:
     if family not in FAMILIES:
         raise ManifestError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
