@@ -217,3 +217,8 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
     assert "2 present" in out and f"refused: {ids[1]}/adapter_model.safetensors: size" in out
     err = fails_cmd(capsys, "manifest", "lock", "bert", api=hub)
     assert "'bert' is neither a model family" in err
+    assert main(["download", csv, "--dest", str(dest), "--where", "split=eval;ood_test", "--where", "task_id=task280"],
+                api=hub) == 0
+    assert "mistral7b_loras: 1 entries" in capsys.readouterr().out  # the first entry only: present and verified
+    err = fails_cmd(capsys, "download", csv, "--dest", dest, "--where", "colour=red", api=hub)
+    assert "--where names column 'colour'" in err

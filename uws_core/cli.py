@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "else checkpoints/<family>)")
     sd.add_argument("--limit", type=int, default=None, help="only the first N selected entries")
     sd.add_argument("--only", default=None, metavar="REGEX", help="only entries whose repo id matches (re.search)")
+    sd.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                    help="only entries whose COLUMN equals VALUE (repeatable; e.g. name_flags_heuristic= for unflagged)")
     sd.add_argument("--allow-unpinned", action="store_true",
                     help="download entries that are not locked, at the hub's current main (reported, not pinned)")
     sd.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("manifest", metavar="MANIFEST", help="a family or its CSV path")
     sl.add_argument("--limit", type=int, default=None, help="only the first N selected entries")
     sl.add_argument("--only", default=None, metavar="REGEX", help="only entries whose repo id matches (re.search)")
+    sl.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                    help="only entries whose COLUMN equals VALUE (repeatable)")
     sl.add_argument("--relock", action="store_true", help="re-resolve entries that are already locked")
     sl.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     return parser
@@ -257,6 +261,17 @@ def run_spectra(args: argparse.Namespace) -> str:
             f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit)")
 
 
+def parse_where(items: list[str]) -> dict[str, str]:
+    """``["col=value", ...]`` -> ``{col: value}`` (the value may be empty)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise CliInputError(f"--where {item!r} is not COLUMN=VALUE")
+        col, value = item.split("=", 1)
+        out[col] = value
+    return out
+
+
 def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
     """``uws download``: returns (summary, exit status: 1 if a file was refused, failed or is missing)."""
     from uws_core.hub import download_manifest
@@ -265,7 +280,7 @@ def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
     family, mdir = resolve_manifest(args.manifest)
     dest = args.dest or Path(os.environ.get(DEST_ENV.get(family, ""), "") or Path("checkpoints") / family)
     rep = download_manifest(family, dest, api=api, manifest_dir=mdir, limit=args.limit, only=args.only,
-                            allow_unpinned=args.allow_unpinned)
+                            allow_unpinned=args.allow_unpinned, where=parse_where(args.where))
     counts = rep.to_dict()["counts"]
     lines = [f"{family}: {len(rep.entries)} entries into {dest}"
              + (" (HF_HUB_OFFLINE: nothing fetched)" if rep.offline else "") + ": "
@@ -285,7 +300,8 @@ def run_lock(args: argparse.Namespace, api=None) -> str:
     from uws_core.manifests import manifest_path, resolve_manifest
 
     family, mdir = resolve_manifest(args.manifest)
-    res = lock_manifest(family, api=api, manifest_dir=mdir, limit=args.limit, only=args.only, relock=args.relock)
+    res = lock_manifest(family, api=api, manifest_dir=mdir, limit=args.limit, only=args.only, relock=args.relock,
+                        where=parse_where(args.where))
     lines = [f"{manifest_path(family, mdir)}: {res['locked']} entries locked, {len(res['failed'])} failed, "
              f"{res['kept_locked']} were locked before"]
     lines += [f"  lock_failed: {f['repo_id']}: {f['reason']}" for f in res["failed"][:20]]

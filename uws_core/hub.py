@@ -132,15 +132,21 @@ def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) ->
     return info.sha, [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
 
 
-def _select(df, only: str | None, limit: int | None, statuses) -> list[int]:
+def _select(df, only: str | None, limit: int | None, statuses, where: dict | None = None) -> list[int]:
+    """Row positions with a status in ``statuses``, repo id matching ``only``, ``df[col] == value`` for
+    every ``where`` item; the first ``limit`` of them."""
     pattern = re.compile(only) if only else None
+    for col in where or {}:
+        if col not in df.columns:
+            raise ManifestError(f"--where names column {col!r}, which the manifest lacks (has {list(df.columns)})")
     rows = [i for i in range(len(df)) if df["hub_status"].iloc[i] in statuses
-            and (pattern is None or pattern.search(df["repo_id"].iloc[i]))]
+            and (pattern is None or pattern.search(df["repo_id"].iloc[i]))
+            and all(df[c].iloc[i] == v for c, v in (where or {}).items())]
     return rows[:limit] if limit is not None else rows
 
 
 def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = None, only: str | None = None,
-                  relock: bool = False, progress: bool = True) -> dict:
+                  relock: bool = False, progress: bool = True, where: dict | None = None) -> dict:
     """Pin revisions and checksums of a manifest's hub entries and write them into the manifest.
 
     Entries already ``locked`` are kept unless ``relock``; ``unresolved`` and ``no_hub_checkpoint``
@@ -153,7 +159,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     api = api or default_api()
     df = load_manifest(family, manifest_dir)
     statuses = ("unlocked", "lock_failed", "locked") if relock else ("unlocked", "lock_failed")
-    rows = _select(df, only, limit, statuses)
+    rows = _select(df, only, limit, statuses, where)
     out = {"family": family, "locked": 0, "failed": [], "kept_locked": int((df["hub_status"] == "locked").sum())}
     for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=not progress or None), 1):
         repo_id = df.at[i, "repo_id"]
@@ -235,7 +241,8 @@ def side_dirs(dest: Path) -> tuple[Path, Path]:
 
 
 def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None, limit: int | None = None,
-                      only: str | None = None, allow_unpinned: bool = False, progress: bool = True) -> DownloadReport:
+                      only: str | None = None, allow_unpinned: bool = False, progress: bool = True,
+                      where: dict | None = None) -> DownloadReport:
     """Download the locked files of a manifest's entries into ``dest/owner/name/``, verified.
 
     Parameters
@@ -246,8 +253,9 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
         Root of the local copies (what ``UWS_MISTRAL_LORA_DIR`` etc. point at).
     api : object, optional
         Provides ``model_info``, ``get_paths_info`` and ``hf_hub_download`` (default ``HfApi()``).
-    limit, only : optional
-        Take the first ``limit`` entries whose repo id matches the regex ``only``.
+    limit, only, where : optional
+        Take the first ``limit`` entries whose repo id matches the regex ``only`` and whose columns equal
+        the values in ``where`` (e.g. ``{"name_flags_heuristic": ""}``: the Llama entries without a flag).
     allow_unpinned : bool
         Download entries that are not locked at the hub's current ``main`` (resolved and reported, not
         written to the manifest). Default: refuse them and say to run ``uws manifest lock``.
@@ -264,7 +272,7 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
     df = load_manifest(family, manifest_dir)
     staging, rejected = side_dirs(dest)
     report = DownloadReport(family, str(dest), offline)
-    rows = _select(df, only, limit, ("locked", "unlocked", "lock_failed", "unresolved", "no_hub_checkpoint"))
+    rows = _select(df, only, limit, ("locked", "unlocked", "lock_failed", "unresolved", "no_hub_checkpoint"), where)
     for i in tqdm(rows, desc=f"download {family}", disable=not progress or None):
         row = df.iloc[i]
         repo_id, status = row["repo_id"], row["hub_status"]
