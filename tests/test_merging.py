@@ -209,3 +209,16 @@ def test_vit_accuracy_validation_subset(tmp_path):
     idx = M.vit_validation_indices(n, 50, tasks[0])
     assert len(idx) == 50 == len(set(idx)) and np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[0]))
     assert not np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[1]))
+
+
+def test_randomized_truncation_is_exact_for_low_rank_updates():
+    gen = torch.Generator().manual_seed(9)
+    d = torch.randn(200, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 150, generator=gen, dtype=torch.float64)
+    b, a = M.lora_pair_from_dense(d, scaling=2.0, max_rank=8)                         # randomized path (2 * 24 < 150)
+    assert b.shape == (200, 6)
+    torch.testing.assert_close(2.0 * b @ a, d, rtol=0, atol=1e-9)
+    full = torch.randn(200, 150, generator=gen, dtype=torch.float64)
+    b, a = M.lora_pair_from_dense(full, max_rank=8)
+    s = torch.linalg.svdvals(full)
+    best = float(s[8:].pow(2).sum().sqrt())                                            # Eckart-Young optimum
+    assert b.shape == (200, 8) and best <= float((b @ a - full).norm()) < 1.05 * best

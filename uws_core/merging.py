@@ -108,7 +108,8 @@ def ties_trim(stack: torch.Tensor, density: float) -> torch.Tensor:
     keep = max(1, math.ceil(density * flat.shape[1]))
     if keep >= flat.shape[1]:
         return stack.clone()
-    thresh = flat.abs().topk(keep, dim=1).values[:, -1:]  # (n, 1): the keep-th largest magnitude
+    # (n, 1): the keep-th largest magnitude = the (numel - keep + 1)-th smallest (kthvalue: linear time)
+    thresh = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
     return torch.where(flat.abs() >= thresh, flat, torch.zeros_like(flat)).reshape(stack.shape)
 
 
@@ -142,7 +143,7 @@ def dare_merge(deltas: list[Weights], p: float, lam: float = 1.0, seed: int = 0,
 
     def one(stack, key):
         masks = torch.stack([torch.rand(stack.shape[1:], generator=torch.Generator().manual_seed(_seed(seed, i, key)),
-                                        dtype=torch.float64) >= p for i in range(stack.shape[0])])
+                                        dtype=torch.float64) >= p for i in range(stack.shape[0])]).to(stack.device)
         kept = stack * masks / (1.0 - p)
         return lam * kept.sum(0) if combine == "sum" else ties_tensor(kept, 1.0, lam)
     return _per_key(deltas, one)
@@ -316,11 +317,21 @@ def lora_products(state: Weights, scaling: float) -> Weights:
 def lora_pair_from_dense(delta: torch.Tensor, scaling: float = 1.0, rtol: float = 1e-10,
                          max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B (d_out, rho), A (rho, d_in)) with ``scaling * B @ A = delta``, rho = numerical rank of delta (singular
-    values above ``rtol`` times the largest), at most ``max_rank`` (then a truncation). Balanced: B = U sqrt(S) /
-    scaling, A = sqrt(S) V^T. A zero delta gives rank 1 zero factors."""
+    values above ``rtol`` times the largest), at most ``max_rank`` (then the best rank-``max_rank`` approximation).
+    Balanced: B = U sqrt(S) / scaling, A = sqrt(S) V^T. A zero delta gives rank-1 zero factors.
+
+    With a ``max_rank`` far below min(d_out, d_in) (4096 x 4096 updates of rank <= n r), the SVD is a randomized
+    range finder with ``max_rank + 16`` columns and 4 power iterations (``torch.svd_lowrank``): exact whenever
+    rank(delta) <= max_rank + 16, an approximation otherwise (measure ``scaling * B @ A - delta``)."""
     if delta.ndim != 2:
         raise ValueError(f"a dense update must be 2-D, got shape {tuple(delta.shape)}")
-    u, s, vt = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+    d = delta.to(torch.float64)
+    q = (max_rank or 0) + 16
+    if max_rank and 2 * q < min(d.shape):
+        u, s, v = torch.svd_lowrank(d, q=q, niter=4)
+        vt = v.T
+    else:
+        u, s, vt = torch.linalg.svd(d, full_matrices=False)
     rho = max(1, int((s > rtol * s[0]).sum()) if s[0] > 0 else 1)
     rho = min(rho, max_rank) if max_rank else rho
     root = s[:rho].sqrt()
