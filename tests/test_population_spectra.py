@@ -188,3 +188,21 @@ def test_memory_bound_of_paper_shapes():
     assert model["stored_models"] == 50 * 4096 * 14336 * 2 and model["total"] < 80 * 2 ** 30
     lora = memory_bound_bytes((1024, 4096), 500, "model", "models", lora_rank=16, chunk=64)
     assert lora["factors"] == 8 * 500 * 16 * (1024 + 4096) and lora["total"] < 2 ** 30
+
+
+def test_non_finite_weight_is_refused_naming_model_and_key(checkpoint_population, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    dirs = [tmp_path / d.name for d in checkpoint_population.dirs[:2]]
+    for src, dst in zip(checkpoint_population.dirs, dirs):
+        shutil.copytree(src, dst)
+    path = dirs[1] / "model.safetensors"
+    tensors = load_file(str(path))
+    key = "model.layers.1.self_attn.v_proj.weight"
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"non-finite values in .*single_1.*{key}"):
+        population_spectra(MatrixPopulation(dirs), tmp_path / "o", keys=[key], progress=False)
+    assert not (tmp_path / "o" / "keys" / f"{key}.json").exists()  # nothing written for a refused key

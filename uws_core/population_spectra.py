@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from uws_core.adapters import AdapterSet, parse_module_key
@@ -72,6 +73,8 @@ class MatrixPopulation:
         self.cs = CheckpointSet.from_dirs(dirs, names=names, strict=strict)
         self.names, self.dirs = self.cs.names, self.cs.dirs
         self.conv1d = self._detect_conv1d() if conv1d is None else conv1d
+        # per model: key -> (file, stored shape, dtype) of every tensor (headers only, read once)
+        self._tensors = [checkpoint_tensor_files(d, owner=f"model {n!r} ({d})") for n, d in zip(self.names, self.dirs)]
         self._conv = self._common_conv_keys(strict)  # key -> [(file, stored shape, dtype) per model]
         self.keys = sorted([*self.cs.weight_keys, *self._conv], key=natural_key)
         self.orientation, self.shapes, self.stored_shapes = {}, {}, {}
@@ -97,10 +100,8 @@ class MatrixPopulation:
         return types.pop() in CONV1D_MODEL_TYPES
 
     def _common_conv_keys(self, strict: bool) -> dict:
-        per_model = []
-        for name, d in zip(self.names, self.dirs):
-            files = checkpoint_tensor_files(d, owner=f"model {name!r} ({d})")  # headers only
-            per_model.append({k: v for k, v in files.items() if len(v[1]) == 4 and v[2] in FLOAT_DTYPES})
+        per_model = [{k: v for k, v in files.items() if len(v[1]) == 4 and v[2] in FLOAT_DTYPES}
+                     for files in self._tensors]
         keys = set(per_model[0])
         out = {}
         for key in sorted(keys, key=natural_key):
@@ -123,13 +124,33 @@ class MatrixPopulation:
         return self._conv[key][0][2] if key in self._conv else self.cs.dtype(key)
 
     def load(self, i: int, key: str) -> torch.Tensor:
-        """Model i's weight ``key`` as a (d_out, d_in) float64 matrix in the orientation above."""
-        if key in self._conv:
-            path, shape, _ = self._conv[key][i]
-            w = load_tensor(path, key, CheckpointFormatError, owner=f"model {self.names[i]!r}")
-            return w.reshape(shape[0], -1)  # (out, in*kh*kw)
-        w = self.cs.load(i, key)
-        return w.T if self.orientation[key].startswith("Conv1D") else w
+        """Model i's weight ``key`` as a (d_out, d_in) float64 matrix in the orientation above (NaN/Inf refused)."""
+        path = self._tensors[i][key][0]
+        w = load_tensor(path, key, CheckpointFormatError, owner=f"model {self.names[i]!r}")
+        return self._orient(key, w)
+
+    def load_stored(self, i: int, key: str) -> torch.Tensor:
+        """Model i's weight ``key`` in its stored dtype, oriented as (d_out, d_in); only the bytes are read.
+
+        The streaming path uses this: finiteness is checked and the upcast to float64 done by the
+        accumulator, on the compute device (a GPU when present), so the CPU only copies bytes."""
+        if key not in self.shapes:
+            raise KeyError(f"{key!r} is not a weight key of this population")
+        path, shape, _ = self._tensors[i][key]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                w = f.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            raise CheckpointFormatError(f"model {self.names[i]!r}: cannot read key {key!r} from {path}: {exc}") from exc
+        if tuple(w.shape) != tuple(shape):
+            raise CheckpointFormatError(f"model {self.names[i]!r}: key {key!r} in {path} has shape {tuple(w.shape)}, "
+                                        f"header said {tuple(shape)}")
+        return self._orient(key, w)
+
+    def _orient(self, key: str, w: torch.Tensor) -> torch.Tensor:
+        if w.ndim == 4:
+            return w.reshape(w.shape[0], -1)  # (out, in, kh, kw) -> (out, in*kh*kw)
+        return w.T if self.orientation[key].startswith("Conv1D") else w  # Conv1D (in, out) -> (out, in)
 
 
 # ------------------------------------------------------------------------------------------ memory bound
@@ -312,13 +333,15 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
     if max_key_bytes is not None and bound["total"] > max_key_bytes:
         return {"too_big": bound}
     acc = StreamingSpectrum(unfolding, center, shape=shape, device=dev, key=key, chunk=chunk)
-    keep = STORED_TORCH.get(dtype, torch.float64)  # model axis stores inputs: in their own dtype (exact)
     t_load = t_comp = 0.0
     for i, name in enumerate(pop.names):
         t0 = time.perf_counter()
-        w = pop.load(i, key)  # (d_out, d_in) float64
+        w = pop.load_stored(i, key)  # (d_out, d_in) in the stored dtype (bf16 / f16 / f32)
         t1 = time.perf_counter()
-        acc.add(w.to(keep) if unfolding == "model" else w, name=name)
+        # finiteness check and float64 upcast happen in add(), on the device; the model axis keeps the
+        # stored dtype (bf16 -> f64 is exact, and it halves or quarters what is held)
+        acc.add(w if w.dtype in STORED_TORCH.values() else w.to(torch.float64), name=name)
+        del w  # the next model's tensor is read only once this one is freed
         t_load, t_comp = t_load + t1 - t0, t_comp + time.perf_counter() - t1
     t0 = time.perf_counter()
     spec = acc.finalize(k=basis_k)
