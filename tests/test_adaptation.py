@@ -41,6 +41,22 @@ def test_subspace_update_matches_each_unfolding():
         ad.subspace_update(c_rows, u_rows, "diagonal", (5, 4))
 
 
+def test_shared_bases_by_index_equal_a_basis_per_run():
+    base = _base()
+    stack = torch.stack([ad.random_basis(20, 3, seed=s) for s in range(2)])         # two model-axis bases
+    index = [1, 0, 1, 1]
+    a, b = ad.Adapter(base, n_runs=4), ad.Adapter(base, n_runs=4)
+    a.add_subspace("w1", stack, "model", index=index)
+    b.add_subspace("w1", stack[index], "model")
+    with torch.no_grad():
+        coef = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+        a.params["w1:coef"].copy_(coef)
+        b.params["w1:coef"].copy_(coef)
+    torch.testing.assert_close(a.update("w1"), b.update("w1"), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="index"):
+        ad.Adapter(base, n_runs=4).add_subspace("w1", stack, "model", index=[0, 2, 0, 0])
+
+
 def test_gradients_reach_only_trainable_and_frozen_parts_stay_bit_identical():
     base = _base()
     saved = {k: v.clone() for k, v in base.items()}
@@ -93,7 +109,7 @@ def test_full_rank_orthonormal_basis_represents_any_update_and_low_rank_does_not
         ad.fit_runs(adapter, lambda w, step: ((w["w1"] - goal) ** 2).sum(dim=(1, 2)), steps=300, lrs=[5e-2],
                     warmup_frac=0.02)
         errors[k] = float((adapter.update("w1")[0] - target).detach().abs().max())
-    assert errors[4] < 2e-2, errors
+    assert errors[4] < 2e-3, errors
     assert errors[2] > 0.1, errors
 
 
@@ -247,3 +263,30 @@ def test_vit_split_and_accuracy_agree_with_the_population_evaluator():
     np.testing.assert_allclose(acc, ref, rtol=0, atol=1e-12)
     loss = ad.vit_loss_fn(splits, [2, 5], seeds=[0, 1], batch_size=8, steps=3, config=cfg)(adapter.weights(), 0)
     assert loss.shape == (2,) and bool(torch.isfinite(loss).all())
+
+
+def test_notebook_05_at_paper_scale_builds_bases_and_counts_only(tmp_path, monkeypatch):
+    """At paper scale the notebook builds the frozen bases from checkpoints under manifest hub ids, reports the
+    trainable counts and trains nothing (no data sets for the public ViTs)."""
+    import json
+    from pathlib import Path
+
+    pm = pytest.importorskip("papermill")
+    from test_paper_scale import _write_vit_family
+    from uws_core.manifests import load_manifest
+
+    repo = Path(__file__).resolve().parent.parent
+    ids = list(load_manifest("vit")["repo_id"][:6])
+    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    monkeypatch.setenv("UWS_SCALE", "paper")
+    monkeypatch.setenv("UWS_VIT_DIR", str(tmp_path / "hub"))
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(repo / "notebooks" / "05_subspace_adaptation.ipynb"), str(out),
+                        cwd=str(repo / "notebooks"), kernel_name="python3", progress_bar=False)
+    res = json.loads((tmp_path / "results" / "05_subspace_adaptation.json").read_text())["results"]
+    assert res["scale"] == "paper" and "vit_summary" not in res and "lm_table" not in res
+    full = [r for r in res["trainable_counts"] if r["method"] == "full"][0]
+    assert full["vit_b"] == 12 * (4 * 768 * 768 + 2 * 3072 * 768) and full["ours"] == 4 * 32 * 32 + 2 * 32 * 64
+    text = out.read_text()
+    assert "not run here; no accuracy is reported at paper scale" in text

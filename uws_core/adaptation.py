@@ -39,7 +39,7 @@ from uws_core.subspace import random_orthonormal_basis
 
 __all__ = ["UNFOLDINGS", "subspace_update", "lora_update", "Adapter", "lr_factor", "fit_runs", "functional_forward",
            "task_vector_basis", "random_basis", "trainable_parameter_count", "peft_weight_key", "lora_delta",
-           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy"]
+           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy", "sweep_then_seeds"]
 
 UNFOLDINGS = ("rows", "cols", "model")
 
@@ -116,9 +116,11 @@ class Adapter:
         self.params[name] = t.detach().to(torch.float32).clone().requires_grad_()
         self._counts[name] = np.broadcast_to(np.asarray(per_run, dtype=np.int64), (self.n_runs,)).copy()
 
-    def add_subspace(self, key: str, basis: torch.Tensor, unfolding: str = "rows", start=None) -> None:
+    def add_subspace(self, key: str, basis: torch.Tensor, unfolding: str = "rows", start=None, index=None) -> None:
         """Train only coefficients on the frozen ``basis`` ((d, k) or (G, d, k)) of ``key``; see the module
-        docstring for the shapes per unfolding. ``start``: frozen offset S ((d_out, d_in) or per run)."""
+        docstring for the shapes per unfolding. ``start``: frozen offset S ((d_out, d_in) or per run).
+        ``index`` (G,): run g uses ``basis[index[g]]`` of a stack (n_bases, d, k), so runs that share a basis
+        share its memory (a model-axis basis per run is d_out*d_in*k numbers)."""
         shape = self._check_key(key)
         if unfolding not in UNFOLDINGS:
             raise ValueError(f"unfolding must be one of {UNFOLDINGS}, got {unfolding!r} (key {key!r})")
@@ -127,7 +129,17 @@ class Adapter:
         if b.ndim not in (2, 3) or b.shape[-2] != d:
             raise ValueError(f"basis for {key!r} ({unfolding}) must be (d={d}, k) or (G, {d}, k), got {tuple(b.shape)}")
         k = int(b.shape[-1])
-        self.frozen[f"{key}:basis"] = self._per_run(f"basis of {key!r}", b, tuple(b.shape[-2:]))
+        if index is not None:
+            idx = torch.as_tensor(index, dtype=torch.long)
+            if b.ndim != 3 or idx.shape != (self.n_runs,) or int(idx.min()) < 0 or int(idx.max()) >= b.shape[0]:
+                raise ValueError(f"index for the bases of {key!r} must be (G={self.n_runs},) into {b.shape[0]} "
+                                 f"stacked bases, got {tuple(idx.shape)}")
+            self.frozen[f"{key}:basis"] = b.detach().to(torch.float32).clone()
+            self.frozen[f"{key}:basis_index"] = idx.clone()
+            if not bool(torch.isfinite(self.frozen[f"{key}:basis"]).all()):
+                raise ValueError(f"basis of {key!r}: non-finite values")
+        else:
+            self.frozen[f"{key}:basis"] = self._per_run(f"basis of {key!r}", b, tuple(b.shape[-2:]))
         self._start(key, start, shape)
         coef_shape = {"rows": (shape[0], k), "cols": (k, shape[1]), "model": (k,)}[unfolding]
         self._param(f"{key}:coef", torch.zeros(self.n_runs, *coef_shape), int(np.prod(coef_shape)))
@@ -168,7 +180,13 @@ class Adapter:
         kind, how = self.kinds[key]
         shape = tuple(self.base[key].shape)
         if kind == "subspace":
-            return subspace_update(self.params[f"{key}:coef"], self.frozen[f"{key}:basis"], how, shape)
+            coef, basis = self.params[f"{key}:coef"], self.frozen[f"{key}:basis"]
+            idx = self.frozen.get(f"{key}:basis_index")
+            if idx is None:
+                return subspace_update(coef, basis, how, shape)
+            sel = [torch.nonzero(idx == j).squeeze(1) for j in range(basis.shape[0])]
+            parts = [subspace_update(coef[s], basis[j], how, shape) for j, s in enumerate(sel) if len(s)]
+            return torch.cat(parts)[torch.argsort(torch.cat([s for s in sel if len(s)]))]  # back in run order
         if kind == "lora":
             return lora_update(self.params[f"{key}:lora_B"], self.params[f"{key}:lora_A"], how)
         if kind == "full":
@@ -421,3 +439,31 @@ def vit_accuracy(weights: dict[str, torch.Tensor], splits: list[dict], split: st
         pred = (vit_logits(weights, xs[:, i:i + chunk], config) + mask).argmax(-1)
         correct += (pred == ys[:, i:i + chunk]).sum(1).double()
     return (correct / torch.tensor([len(s[split][1]) for s in splits], dtype=torch.float64)).numpy()
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+def sweep_then_seeds(train, groups: dict, tasks, lrs: dict, seeds):
+    """Learning rate chosen on validation with the first seed, then every seed at the chosen rate.
+
+    ``groups``: (method, k) -> variants; each group's runs share one :class:`Adapter`. ``train(method, k,
+    runs)`` trains a list of runs (dicts with task, variant, lr, seed) and returns a DataFrame with one row
+    per run holding at least those fields and ``val``. Stage 1 runs every ``lrs[method]`` with ``seeds[0]``;
+    per (method, k, variant, task) the rate with the best validation accuracy is kept (ties: the first
+    listed); stage 2 runs ``seeds[1:]`` at that rate. Returns (stage-1 rows, final rows for all seeds).
+    """
+    import pandas as pd
+
+    def runs_of(variants, lr_list, seed_list):
+        return [dict(task=t, variant=v, lr=lr, seed=s) for v in variants for t in tasks for lr in lr_list
+                for s in seed_list]
+
+    stage1 = pd.concat([train(m, k, runs_of(vs, lrs[m], seeds[:1])) for (m, k), vs in groups.items()],
+                       ignore_index=True)
+    best = stage1.loc[stage1.groupby(["method", "k", "variant", "task"], sort=False)["val"].idxmax()]
+    more = []
+    for (m, k), rows in best.groupby(["method", "k"], sort=False):
+        runs = [dict(task=r.task, variant=r.variant, lr=r.lr, seed=s) for r in rows.itertuples() for s in seeds[1:]]
+        if runs:
+            more.append(train(m, k, runs))
+    return stage1, pd.concat([best, *more], ignore_index=True)
