@@ -80,3 +80,26 @@ def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
     assert res["scratch_vs_finetune"] == [] and res["lora_shared_init"] is None
     assert len(res["base_inheritance"]) == 6           # 6 encoder matrices of the one layer
     assert len(list((tmp_path / "cache" / "random_init").glob("*/seed_5/model.safetensors"))) == 1
+
+
+def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path, monkeypatch):
+    """LoRA adapters and ViTs under manifest ids; no Llama dir: that population is skipped."""
+    pm = pytest.importorskip("papermill")
+    ids = list(lora_split(load_manifest("mistral7b_loras"), "train")["repo_id"][:N])
+    written = write_adapters(tmp_path / "written", n=N, r=4, alpha=8)
+    for repo_id, d in zip(ids, written.dirs):
+        (tmp_path / "loras" / repo_id).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(d), tmp_path / "loras" / repo_id)
+    _write_vit_family(tmp_path / "vits", list(load_manifest("vit")["repo_id"][:8]), "google/vit-base-patch16-224")
+    monkeypatch.setenv("UWS_SCALE", "paper")
+    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(tmp_path / "loras"))
+    monkeypatch.setenv("UWS_VIT_DIR", str(tmp_path / "vits"))
+    monkeypatch.delenv("UWS_LLAMA_DIR", raising=False)
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    pm.execute_notebook(str(REPO / "notebooks" / "06_compression.ipynb"), str(tmp_path / "out.ipynb"),
+                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
+    res = json.loads((tmp_path / "results" / "06_compression.json").read_text())["results"]
+    assert set(res["tables"]) == {"lora", "vit"}
+    vit = {row["setting"]: row for row in res["tables"]["vit"]}
+    assert "acc" not in vit["k=16"] and vit["90% EV"]["ratio"] > 0        # bytes only, no quality at paper scale
+    assert (tmp_path / "results" / "06_spectra" / "vit" / "spectra.json").is_file()
