@@ -25,15 +25,13 @@ def _random_init(gap):
             "params": {"N_RANDOM_INIT": 64}, "lora_shared_init": None}
 
 
-def _vit(proj=0.95, full=0.96, mean=0.7, rnd=0.8, shapes_ratio=56.0, null_gap=0.4):
+def _vit(proj=0.95, full=0.96, mean=0.7, rnd=0.8, null_gap=0.4):
     acc = []
     for g in ("fit", "unseen"):
         acc += [{"group": g, "how": "rows", "k": 16, "acc": proj}, {"group": g, "how": "own", "k": 0, "acc": full},
                 {"group": g, "how": "mean", "k": 0, "acc": mean}, {"group": g, "how": "random", "k": 16, "acc": rnd}]
     evr = [{"view": v, "type": t, "top16": 0.3 + null_gap, "null16": 0.3} for v in ("rows", "model") for t in ("q", "fc1")]
-    comp = [{"threshold": 0.9, "view": "rows", "ratio_encoder": 2.5, "ratio_whole": 2.4, "savings_encoder": 0.6}]
-    return {"projection_mean_acc": acc, "evr_median": evr, "compression_by_threshold": comp,
-            "paper_shapes_ratio_k16": {"rows_mean": shapes_ratio}}
+    return {"projection_mean_acc": acc, "evr_median": evr}
 
 
 def _verdicts(d):
@@ -73,10 +71,28 @@ def test_projection_without_task_data_is_not_tested(tmp_path):
     assert claims.vit_projection(claims.load_all(tmp_path)).verdict == claims.NOT_TESTED
 
 
-@pytest.mark.parametrize("ratio,expected", [(56.0, "fails"), (120.0, "holds")])
-def test_compression_verdict_uses_paper_shapes(tmp_path, ratio, expected):
-    _write(tmp_path, "02_vit_spectra_and_projection", _vit(shapes_ratio=ratio))
-    assert claims.vit_compression(claims.load_all(tmp_path)).verdict == expected
+def _compression(best_ratio, acc_kept=0.97, with_quality=True):
+    rows = [{"setting": "k=4", "ratio": best_ratio, "savings": 1 - 1 / best_ratio, "acc/own": acc_kept},
+            {"setting": "k=1", "ratio": 2 * best_ratio, "savings": 1 - 0.5 / best_ratio, "acc/own": 0.5},
+            {"setting": "90% EV", "ratio": 2.0, "savings": 0.5, "acc/own": 0.99}]
+    if not with_quality:
+        rows = [{k: v for k, v in r.items() if k != "acc/own"} for r in rows]
+    shapes = [{"k": 16, "LoRA factors": 136.0, "ViT-B rows": 56.6, "Llama-3-8B rows": 43.1}]
+    return {"tables": {"vit": rows}, "paper_shapes": shapes}
+
+
+@pytest.mark.parametrize("ratio,acc,expected", [(14.5, 0.97, "fails"), (120.0, 0.97, "holds"), (120.0, 0.9, "fails")])
+def test_compression_verdict_needs_ratio_at_kept_quality(tmp_path, ratio, acc, expected):
+    _write(tmp_path, "06_compression", _compression(ratio, acc))
+    R = claims.load_all(tmp_path)
+    c = claims.vit_compression(R)
+    assert c.verdict == expected and "56.6x" in c.ours
+    assert claims.llama_compression(R).verdict == claims.NOT_TESTED      # population absent from the tables
+
+
+def test_compression_without_quality_is_not_tested(tmp_path):
+    _write(tmp_path, "06_compression", _compression(120.0, with_quality=False), scale="paper")
+    assert claims.vit_compression(claims.load_all(tmp_path)).verdict == claims.NOT_TESTED
 
 
 def test_markdown_ledger_written(tmp_path):
