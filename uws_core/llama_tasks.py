@@ -151,5 +151,6 @@ def finetune_plan(tasks: list[Task], n_finetunes: int = 40, tasks_per_model: int
                                                      replace=False))]
         plan.append(dict(name=f"ft{j:02d}_{group}_{domain}_{language}", task_group=group, language=language,
                          domain=domain, tasks=[t.name for t in chosen], seed=stable_seed("llama-ft", seed, j),
-                         lr=float(lrs[int(rng.integers(len(lrs)))]), steps=int(n_steps[int(rng.integers(len(n_steps)))])))
+                         lr=float(lrs[int(rng.integers(len(lrs)))]),
+                         steps=int(n_steps[int(rng.integers(len(n_steps)))])))
     return plan

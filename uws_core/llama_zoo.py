@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -92,11 +91,13 @@ class LlamaZooConfig:
     num_threads: int = 1
 
     def __post_init__(self):
-        checks = {"hidden_size": self.hidden_size % self.num_heads == 0 and (self.hidden_size // self.num_heads) % 2 == 0,
+        head_dim = self.hidden_size // self.num_heads
+        checks = {"hidden_size": self.hidden_size % self.num_heads == 0 and head_dim % 2 == 0,  # RoPE pairs
                   "num_heads": self.num_heads % self.num_kv_heads == 0,
                   "n_finetunes": self.n_finetunes >= 2, "unseen_every": self.unseen_every >= 2,
                   "batch_size": 1 <= self.batch_size <= self.n_train * self.tasks_per_model,
-                  "num_threads": self.num_threads >= 1, "steps": len(self.steps) > 0 and min(self.steps) >= 1}
+                  "num_threads": self.num_threads >= 1, "steps": len(self.steps) > 0 and min(self.steps) >= 1,
+                  "reward_steps": len(self.reward_steps) == 0 or min(self.reward_steps) >= 1}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"LlamaZooConfig: invalid {name}={getattr(self, name)!r}")
@@ -268,8 +269,9 @@ def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, ste
 
     Model i draws ``cfg.batch_size`` distinct examples per step from ``np.random.default_rng(seeds[i])``;
     Adam (betas 0.9 / 0.999) with linear warm-up and cosine decay to 0 over its own ``steps[i]`` (lr 0
-    after), decoupled weight decay ``cfg.weight_decay`` on matrices. The loss is the sum over models of each
-    model's mean answer NLL, so every model follows the trajectory it would follow alone, up to round-off.
+    after; a finished model leaves the batched forward), decoupled weight decay ``cfg.weight_decay`` on matrices.
+    The loss is the sum over models of each model's mean answer NLL, so every model follows the trajectory it
+    would follow alone, up to round-off (tests/test_llama_zoo.py checks it).
     Returns the trained states (float32, saved key names) and each model's mean loss over its last 10% steps.
     """
     tok = tok or CharTokenizer()
@@ -290,7 +292,8 @@ def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, ste
     for step in range(max(steps)):
         active = torch.tensor([i for i, s in enumerate(steps) if step < s])         # models still training
         a = len(active)
-        pick = torch.from_numpy(np.stack([rngs[i].choice(len(train_sets[i]), bs, replace=False) for i in active.tolist()]))
+        pick = torch.from_numpy(np.stack([rngs[i].choice(len(train_sets[i]), bs, replace=False)
+                                          for i in active.tolist()]))                 # (A, B) example indices
         t_max = int(lengths[active[:, None], pick].max())
         ids, mask = ids_all[active[:, None], pick, :t_max], mask_all[active[:, None], pick, :t_max]  # (A, B, t_max)
         sub = params if a == g else {k: v[active] for k, v in params.items()}       # finished models skip the forward
@@ -459,12 +462,13 @@ def _build(cfg: LlamaZooConfig, out: Path) -> dict:
                         "mean_test_acc": float(test_acc.mean()), "mean_base_test_acc": float(base_acc.mean())}}
 
 
-def build_llama_population(config: LlamaZooConfig | None = None, cache_dir: Path | str | None = None) -> LlamaPopulation:
+def build_llama_population(config: LlamaZooConfig | None = None,
+                           cache_dir: Path | str | None = None) -> LlamaPopulation:
     """Train the base and its full fine-tunes, or read them from the cache when already built.
 
     Parameters
     ----------
-    config : LlamaZooConfig, optional    default ``LlamaZooConfig()`` (40 fine-tunes; about a minute on one core);
+    config : LlamaZooConfig, optional    default ``LlamaZooConfig()`` (40 fine-tunes; about 75 s of CPU, one thread);
                                          ``LlamaZooConfig.tiny()`` for tests
     cache_dir : path, optional           cache root (default :func:`uws_core.cache.default_cache_dir`); the
                                          population lives in ``<root>/llama/<config digest>``
