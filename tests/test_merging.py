@@ -222,3 +222,18 @@ def test_randomized_truncation_is_exact_for_low_rank_updates():
     s = torch.linalg.svdvals(full)
     best = float(s[8:].pow(2).sum().sqrt())                                            # Eckart-Young optimum
     assert b.shape == (200, 8) and best <= float((b @ a - full).norm()) < 1.05 * best
+
+
+def test_randomized_subspace_fit_matches_the_exact_one():
+    gen = torch.Generator().manual_seed(10)
+    # 6 updates (200, 1100) sharing a 5-dimensional input space plus small noise: a clear spectral gap after 5
+    basis = torch.linalg.qr(torch.randn(1100, 5, generator=gen, dtype=torch.float64))[0]
+    d = [{"w": torch.randn(200, 5, generator=gen, dtype=torch.float64) * 10 @ basis.T
+          + 1e-3 * torch.randn(200, 1100, generator=gen, dtype=torch.float64)} for _ in range(6)]
+    fast = M.fit_subspace(d, k=5)["w"]                                                # min(1200, 1100) >= 1024: randomized
+    c = torch.stack([t["w"] for t in d]) - torch.stack([t["w"] for t in d]).mean(0)
+    _, s, vt = torch.linalg.svd(c.reshape(-1, 1100), full_matrices=False)
+    cos = torch.linalg.svdvals(fast.basis.T @ vt[:5].T)                              # cosines of principal angles
+    assert float(cos.min()) > 1 - 1e-9
+    torch.testing.assert_close(fast.evr, s[:5] ** 2 / (s ** 2).sum(), rtol=1e-8, atol=0)
+    torch.testing.assert_close(M.subspace_merge(d, 5)["w"], M.mean_merge(d)["w"], rtol=0, atol=1e-12)
