@@ -252,3 +252,36 @@ def test_loo_accuracy_on_tiny_population(tiny_pop):
         assert d[("reconstruction", "product", False, 0)] == d[("base", "-", False, -1)]
     with pytest.raises(KeyError, match="no adapter for task"):
         lp.loo_reconstruction_accuracy(pop, ks=(1,), tasks=["nope"])
+
+
+def test_notebook_08_weight_space_at_paper_scale(tmp_path, monkeypatch):
+    """The paper-scale branch runs on PEFT adapters laid out under the manifest's hub ids and skips the
+    functional part with a printed statement."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    pm = pytest.importorskip("papermill")
+    from conftest import write_adapters
+    from uws_core.manifests import load_manifest, lora_split
+
+    repo = Path(__file__).resolve().parent.parent
+    ids = list(lora_split(load_manifest("mistral7b_loras"), "train")["repo_id"][:6])
+    written = write_adapters(tmp_path / "written", n=6, r=4, alpha=8)
+    root = tmp_path / "hub"
+    for repo_id, d in zip(ids, written.dirs):
+        (root / repo_id).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(d), root / repo_id)
+    monkeypatch.setenv("UWS_SCALE", "paper")
+    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(root))
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(repo / "notebooks" / "08_lora_functional_loo.ipynb"), str(out),
+                        cwd=str(repo / "notebooks"), kernel_name="python3", progress_bar=False,
+                        parameters={"N_HELDOUT": 3, "K_ERR": [0, 1, 4, 64], "N_BOOT": 100})
+    res = json.loads((tmp_path / "results" / "08_lora_functional_loo.json").read_text())["results"]
+    assert res["n_adapters"] == 6 and res["n_heldout"] == 3
+    assert "skipped" in res["functional"]
+    fac, prod = res["median_rel_error"]["factors|mean=False"], res["median_rel_error"]["product|mean=False"]
+    assert fac["64"] < fac["1"] <= 1.0 and prod["0"] == pytest.approx(1.0)  # k = 0 without mean: nothing
+    assert "functional evaluation skipped" in out.read_text()
