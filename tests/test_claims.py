@@ -110,3 +110,12 @@ def test_corrupt_results_file_names_it(tmp_path):
     (tmp_path / "02_vit_spectra_and_projection.json").write_text("{oops")
     with pytest.raises(ValueError, match="02_vit_spectra_and_projection.json"):
         claims.load_all(tmp_path)
+
+
+@pytest.mark.parametrize("rows_gap,model_gap,expected", [(0.4, 0.3, "holds"), (0.4, 0.02, "mixed"), (0.01, 0.02, "fails")])
+def test_full_model_spectra_verdict_per_view(tmp_path, rows_gap, model_gap, expected):
+    evr = [{"view": "rows", "type": t, "top16": 0.3 + rows_gap, "null16": 0.3} for t in ("q", "down")]
+    evr += [{"view": "model", "type": t, "top16": 0.7 + model_gap, "null16": 0.7} for t in ("q", "down")]
+    evr += [{"view": "rows, uncentred", "type": "q", "top16": 0.1, "null16": 0.3}]        # other views are ignored
+    _write(tmp_path, "03_llama8b_spectra", {"evr_median": evr})
+    assert claims.llama_spectra(claims.load_all(tmp_path)).verdict == expected
