@@ -163,7 +163,8 @@ def memory_bound_bytes(shape, n: int, unfolding: str, center: str, stored_bytes:
     cols), float64 accumulation (8 bytes) and ``s`` stored bytes per element:
 
     * rows / cols: Gram ``8 d_f^2``, eigensolver workspace ``16 d_f^2``, running mean ``8 D`` ("models")
-      and per model the stored tensor plus three float64 copies ``(s + 24) D``;
+      and per model ``(2 s + 32) D``: the stored tensor and its file pages, and up to four float64
+      matrices (the upcast copy, its deviation from the mean, and the next model's, with slack);
     * model axis: the N stored matrices ``N D s``, the Gram ``8 N^2``, two prepared chunks ``16 c D``;
     * LoRA (rank r): A ``24 d_in^2`` and B ``24 d_out^2`` (Gram + workspace), and the product: rows/cols as
       above without per-model dense copies (``8 d_f^2 + 16 d_f^2 + 8 D`` with "models"), model axis the
@@ -177,7 +178,7 @@ def memory_bound_bytes(shape, n: int, unfolding: str, center: str, stored_bytes:
             parts = {"stored_models": n * big_d * stored_bytes, "gram": 8 * n * n, "chunks": 16 * chunk * big_d}
         else:
             parts = {"gram": 8 * d_f ** 2, "eigensolver": 16 * d_f ** 2,
-                     "mean": 8 * big_d if center == "models" else 8 * d_f, "per_model": (stored_bytes + 24) * big_d}
+                     "mean": 8 * big_d if center == "models" else 8 * d_f, "per_model": (2 * stored_bytes + 32) * big_d}
         return {**parts, "total": sum(parts.values())}
     r = lora_rank
     parts = {"lora_A": 24 * d_in ** 2, "lora_B": 24 * d_out ** 2}
