@@ -102,7 +102,8 @@ def test_stack_refuses_mismatch_naming_the_key():
 
 def test_compact_pair_is_exact_and_low_rank():
     gen = torch.Generator().manual_seed(1)
-    b, a = torch.randn(5, 12, generator=gen, dtype=torch.float64), torch.randn(12, 4, generator=gen, dtype=torch.float64)
+    b = torch.randn(5, 12, generator=gen, dtype=torch.float64)  # rank 12 > min(5, 4): compacts to 4
+    a = torch.randn(12, 4, generator=gen, dtype=torch.float64)
     b2, a2 = lp.compact_lora_pair(b, a)
     assert b2.shape == (5, 4) and a2.shape == (4, 4)
     assert torch.allclose(b2 @ a2, b @ a, rtol=0, atol=1e-12 * float((b @ a).abs().max()))
@@ -144,7 +145,8 @@ def test_k0_with_mean_is_the_mean_of_the_others(stack):
     for m, (b, a) in fac.items():
         mu_a = torch.cat([p[m][1] for p in split]).mean(0)  # mean over all rows of the stacked A_i
         mu_b = torch.cat([p[m][0] for p in split], dim=1).mean(1)
-        assert torch.allclose(a, mu_a.expand_as(a), atol=1e-12) and torch.allclose(b, mu_b[:, None].expand_as(b), atol=1e-12)
+        assert torch.allclose(a, mu_a.expand_as(a), atol=1e-12)
+        assert torch.allclose(b, mu_b[:, None].expand_as(b), atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
