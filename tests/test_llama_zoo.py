@@ -1,4 +1,4 @@
-"""The Llama population: functional forward vs transformers, batched training, files, determinism, cache."""
+"""The Llama population (uws_core.llama_zoo): config, held-out fine-tunes, records and files, determinism, cache."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import uws_core.llama_zoo as lz
 from uws_core.checkpoints import CheckpointSet
-from uws_core.llama_zoo import (LlamaZooConfig, build_llama_population, evaluate_models, init_state, llama_logits,
-                                load_state, train_models, unseen_finetune)
-from uws_core.tasks import CharTokenizer, make_tasks
+from uws_core.llama_zoo import LlamaZooConfig, build_llama_population, load_state, unseen_finetune
 
 TINY = LlamaZooConfig.tiny()
-V = CharTokenizer().vocab_size
 
 
 @pytest.fixture(scope="module")
@@ -27,62 +23,17 @@ def tiny(tmp_path_factory):
     return build_llama_population(TINY, cache_dir=root), root
 
 
-def _random_state(cfg, seed):
-    """transformers' init with every tensor perturbed, so norms and scales are not the trivial init."""
-    gen = torch.Generator().manual_seed(seed)
-    return {k: v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in init_state(cfg, V, seed).items()}
-
-
-def test_functional_forward_equals_transformers():
-    from transformers import LlamaForCausalLM
-
-    cfg = LlamaZooConfig.tiny(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)  # GQA 2 : 1
-    states = [_random_state(cfg, s) for s in range(3)]
-    ids = torch.randint(3, V, (3, 5, 11), generator=torch.Generator().manual_seed(0))
-    out = llama_logits({k: torch.stack([s[k] for s in states]) for k in states[0]}, ids, cfg)
-    for i, st in enumerate(states):
-        model = LlamaForCausalLM(lz.llama_config(cfg, V)).eval()
-        model.load_state_dict(st)
-        with torch.no_grad():
-            ref = model(input_ids=ids[i]).logits
-        torch.testing.assert_close(out[i], ref, atol=2e-5, rtol=1e-5)
-        assert float(ref.std()) > 0.5  # not a degenerate comparison
-
-
-def test_batched_training_equals_training_alone():
-    cfg = LlamaZooConfig.tiny(batch_size=3)
-    tasks = make_tasks(4, seed=0, n_train=8, n_val=2, n_test=4)
-    base = init_state(cfg, V, 0)
-    sets, lrs, steps, seeds = [tasks[0].train, tasks[1].train], [3e-3, 1e-3], [5, 3], [11, 12]
-    together, loss_t = train_models(base, sets, lrs, steps, seeds, cfg)
-    for i in range(2):
-        alone, loss_a = train_models(base, sets[i:i + 1], lrs[i:i + 1], steps[i:i + 1], seeds[i:i + 1], cfg)
-        for k in base:
-            torch.testing.assert_close(together[i][k], alone[0][k], atol=2e-6, rtol=1e-5)
-        assert loss_t[i] == pytest.approx(loss_a[0], abs=1e-5)
-    moved = max(float((together[1][k] - base[k]).abs().max()) for k in base)
-    assert moved > 1e-4  # the model with fewer steps trained, and stopped (equality with its own 3-step run)
-
-
-def test_training_lowers_the_loss():
-    cfg = LlamaZooConfig.tiny(batch_size=8)
-    task = make_tasks(1, seed=0, n_train=16, n_val=2, n_test=8)[0]
-    base = init_state(cfg, V, 0)
-    trained, _ = train_models(base, [task.train], [1e-2], [40], [0], cfg)
-    before, _ = evaluate_models([base], [task.train], cfg)
-    after, _ = evaluate_models(trained, [task.train], cfg)
-    assert after[0] < 0.7 * before[0]
-
-
-def test_train_models_refuses_bad_input():
-    cfg = LlamaZooConfig.tiny(batch_size=4)
-    task = make_tasks(1, seed=0, n_train=3, n_val=1, n_test=1)[0]
-    with pytest.raises(ValueError, match="batch_size"):
-        train_models(init_state(cfg, V, 0), [task.train], [1e-3], [2], [0], cfg)
-    with pytest.raises(ValueError, match="seeds"):
-        train_models(init_state(cfg, V, 0), [task.train], [1e-3], [2], [0, 1], cfg)
+def test_config_refuses_bad_input():
     with pytest.raises(ValueError, match="num_kv_heads|num_heads"):
         LlamaZooConfig(num_heads=4, num_kv_heads=3)
+
+
+def test_model_names_are_reexported():
+    import uws_core.llama_model as lm
+
+    for name in ("llama_config", "init_state", "llama_logits", "train_models", "evaluate_models", "save_llama",
+                 "load_state", "compute_settings", "MATRIX_TYPES"):
+        assert getattr(lz, name) is getattr(lm, name) and name in lz.__all__
 
 
 def test_unseen_models_rotate_through_task_groups():
