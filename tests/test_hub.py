@@ -159,6 +159,8 @@ def test_lock_pins_revisions_and_hub_checksums(hub_setup):
     n = s.hub.calls["model_info"]
     lock_manifest("mistral7b_loras", api=s.hub, manifest_dir=s.mdir, only=s.only, progress=False)
     assert s.hub.calls["model_info"] - n == 2  # locked entries are kept; only the 2 failures are retried
+    res = lock_manifest("mistral7b_loras", api=s.hub, manifest_dir=s.mdir, only=s.only, relock=True, progress=False)
+    assert s.hub.calls["model_info"] - n == 7 and res["locked"] == 3  # --relock re-resolves the locked ones too
 
 
 def test_download_verifies_resumes_and_loads(hub_setup):

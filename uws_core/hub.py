@@ -149,8 +149,8 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
                   relock: bool = False, progress: bool = True, where: dict | None = None) -> dict:
     """Pin revisions and checksums of a manifest's hub entries and write them into the manifest.
 
-    Entries already ``locked`` are kept unless ``relock``; ``unresolved`` and ``no_hub_checkpoint``
-    entries are never contacted. Returns counts per outcome and the failures with their reasons.
+    Each entry is resolved at the hub's current ``main``. Entries already ``locked`` are kept unless
+    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. Returns counts per outcome and the failures with their reasons.
     """
     from tqdm.auto import tqdm
 
@@ -164,7 +164,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=not progress or None), 1):
         repo_id = df.at[i, "repo_id"]
         try:
-            sha, sums = lock_entry(api, repo_id, df.at[i, "files"], revision=df.at[i, "revision"] or None)
+            sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
         except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]

@@ -85,7 +85,7 @@ class MatrixPopulation:
             self.shapes[key], self.stored_shapes[key] = ((d1, d0) if flip else (d0, d1)), (d0, d1)
         for key, per_model in self._conv.items():
             shape = per_model[0][1]
-            self.orientation[key] = f"conv (out, in, kh, kw) flattened to (out, in*kh*kw)"
+            self.orientation[key] = "conv (out, in, kh, kw) flattened to (out, in*kh*kw)"
             self.shapes[key], self.stored_shapes[key] = (shape[0], int(np.prod(shape[1:]))), shape
 
     def _detect_conv1d(self) -> bool:
