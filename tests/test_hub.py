@@ -168,14 +168,18 @@ def test_download_verifies_resumes_and_loads(hub_setup):
     lock_manifest("mistral7b_loras", api=s.hub, manifest_dir=s.mdir, only=s.only, progress=False)
     s.hub.fail.add((s.ids[1], "adapter_model.safetensors"))  # the connection drops on one file
     rep = download_manifest("mistral7b_loras", s.dest, api=s.hub, manifest_dir=s.mdir, only=s.only, progress=False)
-    assert rep.count("downloaded") == 5 and rep.count("error") == 1 and not rep.ok
+    assert rep.count("downloaded") == 4 and rep.count("staged") == 1 and rep.count("error") == 1 and not rep.ok
     assert rep.entries[s.ids[3]].startswith("lock_failed") and rep.entries[s.missing].startswith("lock_failed")
     assert not (s.dest / s.ids[0] / "adapter_model.bin").exists()  # pickles never fetched
+    assert not (s.dest / s.ids[1]).exists()  # an incomplete entry is not published: its config waits in staging
+    assert local_dirs(load_manifest("mistral7b_loras", s.mdir).iloc[:3], s.dest, allow_missing=True) == \
+        [s.dest / s.ids[0], s.dest / s.ids[2]]
     s.hub.fail.clear()
     n = s.hub.calls["hf_hub_download"]
     rep = download_manifest("mistral7b_loras", s.dest, api=s.hub, manifest_dir=s.mdir, only=s.only, progress=False)
     assert s.hub.calls["hf_hub_download"] - n == 1  # resumed: only the missing file is fetched
-    assert rep.count("present") == 5 and rep.count("downloaded") == 1
+    assert rep.count("present") == 4 and rep.count("downloaded") == 2
+    assert "earlier run" in [f.detail for f in rep.files if f.repo_id == s.ids[1]][0]
     assert [rep.entries[i] for i in s.ids[:3]] == ["ok"] * 3
     df = load_manifest("mistral7b_loras", s.mdir)
     aset = AdapterSet.from_dirs(local_dirs(df.iloc[:3], s.dest))

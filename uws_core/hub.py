@@ -12,9 +12,10 @@ Two steps, both driven by a manifest of ``data_manifests/`` (see :mod:`uws_core.
     (``HfApi.hf_hub_download`` into a staging directory beside ``dest``, which resumes partial
     transfers), cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
     each file's size and checksum and the expected tensor shapes of safetensors files, and only then
-    moves it to ``dest/owner/name/file``, where ``uws_core.manifests.local_dir`` finds it. A file that
-    fails is moved to a ``rejected`` directory beside ``dest`` and reported; it is never left where
-    loaders read. Files already verified are skipped, so a rerun resumes. With ``HF_HUB_OFFLINE`` set
+    moves an entry's files to ``dest/owner/name/`` (where ``uws_core.manifests.local_dir`` finds them) only
+    once all of them are verified, so loaders never see a partial or unverified model. A file that fails
+    is moved to a ``rejected`` directory beside ``dest`` and reported. Files already verified (in ``dest``
+    or in staging) are not fetched again, so a rerun resumes. With ``HF_HUB_OFFLINE`` set
     nothing is fetched: files present are verified against the lock and missing ones are reported.
 
 The API object is injected (``api=``): an ``huggingface_hub.HfApi`` by default, a local fake in tests.
@@ -183,7 +184,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
 class FileOutcome:
     repo_id: str
     file: str
-    status: str  # present | downloaded | refused | missing_offline | error
+    status: str  # present | downloaded | staged | refused | missing_offline | error
     detail: str = ""
     path: str = ""
 
@@ -205,7 +206,8 @@ class DownloadReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "counts": {s: self.count(s) for s in
-                                           ("present", "downloaded", "refused", "missing_offline", "error")}}
+                                           ("present", "downloaded", "staged", "refused", "missing_offline",
+                                            "error")}}
 
 
 def _read_stamp(repo_dir: Path) -> dict:
@@ -314,9 +316,9 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
                           if c.name in hub else f"not on the hub at revision {revision}")
                 report.files.append(FileOutcome(repo_id, c.name, "refused", detail))
                 return "refused"
-    outcome = "ok"
+    outcome, staged = "ok", []
     for c in sums:
-        target = repo_dir / c.name
+        target, stage = repo_dir / c.name, staging / repo_id / c.name
         if target.is_file():
             if stamp.get(c.name) == _stamp_of(target, c):
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified earlier", str(target)))
@@ -334,6 +336,9 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
             report.files.append(FileOutcome(repo_id, c.name, "refused",
                                             f"refused earlier: see {rejected / repo_id / c.name} (delete it to retry)"))
             outcome = "refused"
+            continue
+        if stage.is_file() and checksum_problem(stage, c) is None and not shape_problems(stage, expected):
+            staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
             continue
         if api is None:
             report.files.append(FileOutcome(repo_id, c.name, "missing_offline", "HF_HUB_OFFLINE is set"))
@@ -354,22 +359,29 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
             report.files.append(FileOutcome(repo_id, c.name, "refused", f"{'; '.join(problems[:3])}; moved to {bad}"))
             outcome = "refused"
             continue
-        _move(got, target)
-        stamp[c.name] = _stamp_of(target, c)
+        staged.append((c, got, time.strftime("fetched %Y-%m-%dT%H:%M:%S")))
+    if outcome != "ok":  # an incomplete or refused entry never appears in dest: its good files wait in staging
+        for c, path, _ in staged:
+            report.files.append(FileOutcome(repo_id, c.name, "staged", f"verified, waiting for the rest of the entry "
+                                            f"in {path.parent}"))
+        if repo_dir.is_dir():
+            _unpublish(repo_dir, staging / repo_id)
+        return outcome
+    for c, path, detail in staged:  # every file verified: publish the entry
+        _move(path, repo_dir / c.name)
+        stamp[c.name] = _stamp_of(repo_dir / c.name, c)
+        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(repo_dir / c.name)))
+    if staged:
         _write_stamp(repo_dir, stamp)
-        report.files.append(FileOutcome(repo_id, c.name, "downloaded", time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                        str(target)))
-    if outcome == "refused" and repo_dir.is_dir():
-        _quarantine(repo_dir, rejected / repo_id)
     return outcome
 
 
-def _quarantine(repo_dir: Path, to: Path) -> None:
-    """Move a refused entry's other files out of ``dest`` too: a partial model is never analysed."""
+def _unpublish(repo_dir: Path, to: Path) -> None:
+    """Move a failed entry's remaining (verified) files from ``dest`` back to staging: loaders never see a
+    partial model, and a rerun reuses the files."""
     for p in sorted(repo_dir.rglob("*"), reverse=True):
         if p.is_file() and p.name != STAMP_FILE:
-            if not (to / p.relative_to(repo_dir)).exists():
-                _move(p, to / p.relative_to(repo_dir))
+            _move(p, to / p.relative_to(repo_dir))
     shutil.rmtree(repo_dir)
 
 
