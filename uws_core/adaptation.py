@@ -84,7 +84,7 @@ class Adapter:
         self.base = {k: v.detach().to(torch.float32).clone() for k, v in base.items()}
         self.n_runs = int(n_runs)
         self.params: dict[str, torch.Tensor] = {}      # trainable leaves, each (G, ...)
-        self.frozen: dict[str, torch.Tensor] = {}      # bases, start offsets, LoRA nothing: never trained
+        self.frozen: dict[str, torch.Tensor] = {}      # bases, basis indices, start offsets: never trained
         self.kinds: dict[str, tuple] = {}              # key -> (kind, unfolding or scaling)
         self._counts: dict[str, np.ndarray] = {}       # param name -> trainable numbers per run (G,)
 
