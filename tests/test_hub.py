@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
+import httpx2  # the HTTP client huggingface_hub itself uses (its errors carry its responses)
 import pandas as pd
 import pytest
 import torch
@@ -29,7 +29,7 @@ LFS_MIN = 10 << 20  # as on the hub: files of 10 MiB or more, and all safetensor
 
 
 def _http_error(cls, msg):
-    return cls(msg, response=httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/x")))
+    return cls(msg, response=httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/x")))
 
 
 class FakeHub:
