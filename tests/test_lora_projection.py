@@ -203,10 +203,12 @@ def test_relative_errors_match_dense(stack):
 def test_random_control_is_orthonormal_and_not_the_fit(stack):
     B, A = stack.factors(stack.module_keys[0])
     fb = lp.fit_factor_basis(B[1:], A[1:], k=2)
-    rb = lp.random_factor_basis(fb, seed=3)
+    rb = lp.random_factor_basis(B[1:], A[1:], 2, seed=3)
     assert torch.allclose(rb.u_a.T @ rb.u_a, torch.eye(rb.u_a.shape[1], dtype=torch.float64), atol=1e-12)
-    assert rb.u_b.shape == fb.u_b.shape and not torch.allclose(rb.u_a @ rb.u_a.T, fb.u_a @ fb.u_a.T, atol=1e-3)
-    assert torch.equal(lp.random_factor_basis(fb, seed=3).u_b, rb.u_b)  # seeded
+    assert rb.u_b.shape == fb.u_b.shape and rb.u_a.shape == fb.u_a.shape
+    assert not torch.allclose(rb.u_a @ rb.u_a.T, fb.u_a @ fb.u_a.T, atol=1e-3)
+    assert torch.allclose(rb.mu_a, fb.mu_a, atol=1e-14) and torch.allclose(rb.mu_b, fb.mu_b, atol=1e-14)
+    assert torch.equal(lp.random_factor_basis(B[1:], A[1:], 2, seed=3).u_b, rb.u_b)  # seeded
 
 
 def test_bad_arguments(stack):

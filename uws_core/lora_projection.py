@@ -41,8 +41,8 @@ import torch
 
 from uws_core.device import ACCUM_DTYPE, pick_device
 from uws_core.lora import FactoredModelBasis, lora_product_spectrum
-from uws_core.spectral import ShapeMismatchError, check_finite, stack_spectrum
-from uws_core.subspace import model_axis_eigen
+from uws_core.spectral import ShapeMismatchError, check_finite
+from uws_core.subspace import eigh_descending, model_axis_eigen
 
 __all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "split_lora_state", "join_lora_state",
            "LoraStack", "compact_lora_pair",
@@ -207,34 +207,52 @@ class FactorBasis:
         self.u_a, self.mu_a, self.u_b, self.mu_b = u_a, mu_a, u_b, mu_b
 
 
-def _top_basis(stack, unfolding: str, k: int | None, device):
-    """Top-k right singular vectors of the centred (mean-sample) unfolding, capped at its numerical rank."""
-    spec = stack_spectrum(stack, unfolding, "samples", k=k, device=device)
-    sv2 = spec.variances
-    rank = int((sv2 > max(float(sv2[0]), 1e-300) * 1e-24).sum()) if sv2.size else 0  # sv > 1e-12 sv_max
-    basis = spec.basis if spec.basis is not None else torch.zeros(stack.shape[2 if unfolding == "rows" else 1], 0,
-                                                                  dtype=ACCUM_DTYPE)
-    return basis[:, :rank], spec.mean.reshape(-1)
+def _factor_columns(B, A):
+    """The authors' unfoldings: ``[B_1 ... B_n]`` (d_out, n r) and ``[A_1^T ... A_n^T]`` (d_in, n r), float64."""
+    n, d_out, r = B.shape
+    return (B.to(ACCUM_DTYPE).permute(1, 0, 2).reshape(d_out, n * r),
+            A.to(ACCUM_DTYPE).permute(2, 0, 1).reshape(A.shape[2], n * r))
+
+
+def _top_basis(cols: torch.Tensor, k: int | None, device):
+    """Top-k left singular vectors of ``cols`` (d, m) centred by its mean column, from the eigenvectors of the
+    d x d scatter ``X_c X_c^T`` (plain truncated SVD of one centred unfolding), capped at the numerical rank.
+
+    Returns ``(U (d, k'), mu (d,))`` on the CPU."""
+    x = cols.to(pick_device(device), ACCUM_DTYPE)
+    d, m = x.shape
+    mu = x.mean(dim=1)
+    xc = x - mu[:, None]
+    kk = min(d, m - 1) if k is None else min(int(k), d, m - 1)
+    if kk <= 0:
+        return torch.zeros(d, 0, dtype=ACCUM_DTYPE), mu.cpu()
+    vals, vecs = eigh_descending(xc @ xc.T, kk, overwrite=True)  # scatter (d, d)
+    rank = int((vals[:kk] > max(float(vals[0]), 1e-300) * d * np.finfo(np.float64).eps * 10).sum())
+    return vecs[:, :rank].cpu(), mu.cpu()
 
 
 def fit_factor_basis(B, A, k: int | None = None, device=None) -> FactorBasis:
     """The authors' recipe on a stack ``B (n, d_out, r)``, ``A (n, r, d_in)``: truncated SVD of the d_in x (n r)
     matrix of the A_i^T centred by its mean column (the "rows" unfolding of A, centre "samples") and of the
     d_out x (n r) matrix of the B_i (the "cols" unfolding of B); ``k=None`` keeps every component."""
-    u_a, mu_a = _top_basis(A, "rows", k, device)
-    u_b, mu_b = _top_basis(B, "cols", k, device)
+    b_cols, a_cols = _factor_columns(B, A)
+    u_a, mu_a = _top_basis(a_cols, k, device)
+    u_b, mu_b = _top_basis(b_cols, k, device)
     return FactorBasis(u_a, mu_a, u_b, mu_b)
 
 
-def random_factor_basis(like: FactorBasis, seed: int) -> FactorBasis:
-    """Random orthonormal bases with the shapes of ``like`` (QR of a seeded Gaussian; the first k columns
-    span a uniformly random k-dim subspace), keeping its means."""
+def random_factor_basis(B, A, k: int, seed: int) -> FactorBasis:
+    """The control: random orthonormal ``U_A``, ``U_B`` (QR of a seeded Gaussian; the first k columns span a
+    uniformly random k-dim subspace) of the sizes :func:`fit_factor_basis` would give for generic factors
+    (``min(k, d, n r - 1)``), with the stack's mean columns."""
     gen = torch.Generator().manual_seed(int(seed))
     out = []
-    for u in (like.u_a, like.u_b):
-        g = torch.randn(u.shape[0], u.shape[1], generator=gen, dtype=ACCUM_DTYPE)
-        out.append(torch.linalg.qr(g).Q if u.shape[1] else g)
-    return FactorBasis(out[0], like.mu_a, out[1], like.mu_b)
+    for cols in _factor_columns(B, A):
+        d, m = cols.shape
+        g = torch.randn(d, max(0, min(int(k), d, m - 1)), generator=gen, dtype=ACCUM_DTYPE)
+        out.append((torch.linalg.qr(g).Q if g.shape[1] else g, cols.mean(dim=1)))
+    (u_b, mu_b), (u_a, mu_a) = out
+    return FactorBasis(u_a, mu_a, u_b, mu_b)
 
 
 def project_factors(b, a, basis: FactorBasis, k: int, add_mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,9 +317,10 @@ def _module_loo(B, A, s, j, ks, recipes, add_means, device, fitted=None, module=
     kmax = max(ks)
     for recipe in recipes:
         if recipe in ("factors", "factors_random"):
-            fbasis = fit_factor_basis(B[idx], A[idx], k=kmax, device=device)
-            if recipe == "factors_random":
-                fbasis = random_factor_basis(fbasis, seed=1_000_003 * (j + 1) + zlib.crc32(module.encode()))
+            if recipe == "factors":
+                fbasis = fit_factor_basis(B[idx], A[idx], k=kmax, device=device)
+            else:
+                fbasis = random_factor_basis(B[idx], A[idx], kmax, seed=1_000_003 * (j + 1) + zlib.crc32(module.encode()))
             for add_mean in add_means:
                 for k in ks:
                     k_eff = min(k, fbasis.u_a.shape[1], fbasis.u_b.shape[1])
