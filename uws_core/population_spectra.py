@@ -276,8 +276,8 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
     -------
     dict: the contents of ``out/spectra.json`` (settings, per-key results, computed / skipped keys).
     """
-    if isinstance(population, CheckpointSet):
-        population = MatrixPopulation(population.dirs, names=population.names)
+    if isinstance(population, CheckpointSet):  # its keys are already common to all models: nothing to refuse
+        population = MatrixPopulation(population.dirs, names=population.names, strict=False)
     kind = "adapters" if isinstance(population, AdapterSet) else "checkpoints"
     all_keys = population.module_keys if kind == "adapters" else population.keys
     if isinstance(keys, str):
