@@ -33,6 +33,7 @@ nbval: setup
 
 bench: setup
 	$(PY) benchmarks/bench_lora_subspace.py
+	$(PY) benchmarks/bench_streaming.py
 
 # Developers: re-execute the committed notebooks in place at laptop scale (what CI checks).
 notebooks: setup

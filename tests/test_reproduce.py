@@ -1,3 +1,4 @@
+import pytest
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -37,3 +38,8 @@ def test_reproduce_runs_notebooks_then_writes_the_claims_ledger(tmp_path, monkey
     ledger = (tmp_path / "results" / "CLAIMS.md").read_text()
     assert "Randomly initialised models share a low-rank subspace" in ledger and "N=5: 0.3000 vs 0.3000" in ledger
     assert (tmp_path / "results" / "executed" / "07_null_models.ipynb").is_file()
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(SystemExit, match="--timeout"):
+        reproduce.main(["--timeout", "0"])

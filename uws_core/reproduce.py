@@ -36,7 +36,7 @@ def clean_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def execute_inplace(path: Path, timeout: int = 1800) -> None:
+def execute_inplace(path: Path, timeout: int | None = 1800) -> None:
     """Execute one notebook in its own directory and write it back with clean metadata."""
     from nbclient import NotebookClient
 
@@ -46,7 +46,7 @@ def execute_inplace(path: Path, timeout: int = 1800) -> None:
     nbformat.write(clean_metadata(nb), path)
 
 
-def execute_to_results(path: Path, timeout: int = 1800) -> Path:
+def execute_to_results(path: Path, timeout: int | None = 1800) -> Path:
     """Execute one notebook with papermill into ``results/executed/``."""
     import papermill as pm
 
@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uws_core.reproduce", description=__doc__)
     parser.add_argument("--inplace", action="store_true", help="re-execute the committed notebooks in place")
     parser.add_argument("--only", default="[0-9][0-9]_*.ipynb", help="glob of notebooks to run")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per cell before a notebook is stopped (default: 1800 at laptop scale, "
+                             "none at paper scale, where one cell may stream hundreds of GB)")
     args = parser.parse_args(argv)
+    timeout = args.timeout if args.timeout is not None else (1800 if scale() == "laptop" else None)
+    if timeout is not None and timeout <= 0:
+        raise SystemExit(f"--timeout must be positive, got {args.timeout}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = notebooks(args.only)
     if not paths:
@@ -69,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("scale=%s, %d notebooks", scale(), len(paths))
     for path in paths:
         t0 = time.perf_counter()
-        target = path if args.inplace else execute_to_results(path)
+        target = path if args.inplace else execute_to_results(path, timeout)
         if args.inplace:
-            execute_inplace(path)
+            execute_inplace(path, timeout)
         log.info("%-45s %7.1f s  -> %s", path.name, time.perf_counter() - t0, target)
     if not args.inplace:
         from .claims import write_ledger
