@@ -10,7 +10,8 @@ from uws_core.subspace import principal_angles
 
 def _base(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"w1": torch.randn(5, 4, generator=g), "w2": torch.randn(3, 5, generator=g), "b": torch.randn(3, generator=g)}
+    return {"w1": torch.randn(5, 4, generator=g), "w2": torch.randn(3, 5, generator=g),
+            "b": torch.randn(3, generator=g)}
 
 
 def _forward(weights, x):

@@ -24,6 +24,12 @@ of the per-run losses, each with its own learning rate. Adam is elementwise, so 
 trajectory it would follow alone (up to float round-off). The model is any function of a name-keyed weight
 dict: :func:`uws_core.vit_model.vit_logits` for the ViT (batched natively), or a ``torch.nn.Module`` through
 :func:`functional_forward` (``torch.func.functional_call`` under ``torch.func.vmap``) for the tiny Mistral.
+
+Helpers for the two laptop populations: :func:`vit_split` (a fixed validation subset of a ViT task's train
+split), :func:`vit_loss_fn`, :func:`vit_accuracy`; :func:`lm_loss_fn` and :func:`dense_lora_state` (evaluate
+a dense update with :meth:`uws_core.lora_zoo.LoraPopulation.evaluate`); :func:`task_vector_basis` and
+:func:`random_basis` for the frozen bases; :func:`sweep_then_seeds`, the protocol (learning rate chosen on
+validation with one seed, then every seed at that rate).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from uws_core.subspace import random_orthonormal_basis
 
 __all__ = ["UNFOLDINGS", "subspace_update", "lora_update", "Adapter", "lr_factor", "fit_runs", "functional_forward",
            "task_vector_basis", "random_basis", "trainable_parameter_count", "peft_weight_key", "lora_delta",
-           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy", "sweep_then_seeds"]
+           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy",
+           "sweep_then_seeds"]
 
 UNFOLDINGS = ("rows", "cols", "model")
 
@@ -150,7 +157,8 @@ class Adapter:
         B = 0, update ``scaling * B A``."""
         d_out, d_in = self._check_key(key)
         if rank < 1 or len(seeds) != self.n_runs:
-            raise ValueError(f"LoRA on {key!r}: need rank >= 1 and one seed per run, got rank {rank}, {len(seeds)} seeds")
+            raise ValueError(f"LoRA on {key!r}: need rank >= 1 and one seed per run, "
+                             f"got rank {rank}, {len(seeds)} seeds")
         self._start(key, start, (d_out, d_in))
         a = torch.stack([(torch.rand(rank, d_in, generator=torch.Generator().manual_seed(int(s))) * 2 - 1)
                          / math.sqrt(d_in) for s in seeds])                      # (G, r, d_in)
