@@ -174,6 +174,10 @@ def test_bad_input_names_the_key():
         M.lora_modules({"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B": torch.zeros(3, 2)})
     with pytest.raises(KeyError, match="'m' has lora_A but not its partner"):
         M.lora_modules({"m.lora_A.weight": torch.zeros(2, 3)})
+    with pytest.raises(KeyError, match="'v' is not a key of the base"):
+        M.apply_delta({"w": T1}, {"v": T1})
+    with pytest.raises(ValueError, match="'w' has shape \\(3, 2\\)"):
+        M.apply_delta({"w": T1}, {"w": T1.T})
     with pytest.raises(KeyError, match="fine-tune 1 has no key 'w'"):
         M.task_vectors([{"w": T1}, {"v": T1}], {"w": T2})
 

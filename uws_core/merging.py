@@ -83,8 +83,10 @@ def apply_delta(base: Weights, delta: Weights) -> Weights:
     """``base + delta`` on the keys of ``delta`` (in base's dtype); other keys of ``base`` are kept as they are."""
     out = dict(base)
     for key, d in delta.items():
-        if key not in base or base[key].shape != d.shape:
-            raise KeyError(f"update key {key!r} {tuple(d.shape)} does not match the base")
+        if key not in base:
+            raise KeyError(f"update key {key!r} is not a key of the base")
+        if base[key].shape != d.shape:
+            raise ValueError(f"update key {key!r} has shape {tuple(d.shape)}, the base {tuple(base[key].shape)}")
         out[key] = (base[key].to(torch.float64) + d).to(base[key].dtype)
     return out
 
