@@ -119,3 +119,36 @@ def test_full_model_spectra_verdict_per_view(tmp_path, rows_gap, model_gap, expe
     evr += [{"view": "rows, uncentred", "type": "q", "top16": 0.1, "null16": 0.3}]        # other views are ignored
     _write(tmp_path, "03_llama8b_spectra", {"evr_median": evr})
     assert claims.llama_spectra(claims.load_all(tmp_path)).verdict == expected
+
+
+def _merge(subspace, best_other, mean, individual=90.0):
+    t = {"subspace k=16": subspace, "mean": mean, "task arithmetic": best_other, "TIES": best_other - 5,
+         "DARE": best_other - 1, "KnOTS-TIES": best_other - 3, "individual": individual}
+    return {"summary_n8": {"ViT": t, "LoRA": t}, "max_subspace_minus_mean": 1e-16}
+
+
+@pytest.mark.parametrize("subspace,other,mean,expected", [(75.7, 75.8, 75.7, "fails"), (83.5, 68.0, 69.4, "holds"),
+                                                          (83.5, 68.0, 83.5, "fails")])   # the mean is a rival too
+def test_merging_verdict(tmp_path, subspace, other, mean, expected):
+    _write(tmp_path, "04_merging", _merge(subspace, other, mean))
+    c = claims.merging(claims.load_all(tmp_path))
+    assert c.verdict == expected and "|" not in c.ours
+
+
+@pytest.mark.parametrize("top,rnd,lora,expected", [(0.885, 0.882, 0.876, "fails"), (0.90, 0.85, 0.91, "holds"),
+                                                    (0.90, 0.85, 0.95, "fails")])
+def test_adaptation_verdict(tmp_path, top, rnd, lora, expected):
+    summ = [{"label": "top-k basis", "k": 16, "test": top}, {"label": "top-k basis + mean", "k": 16, "test": top - 0.01},
+            {"label": "random k-dim basis", "k": 16, "test": rnd}, {"label": "LoRA rank k", "k": 16, "test": lora}]
+    _write(tmp_path, "05_subspace_adaptation", {"vit_summary": summ, "lm_table": []})
+    assert claims.adaptation(claims.load_all(tmp_path)).verdict == expected
+
+
+@pytest.mark.parametrize("kept,expected", [((0.05, 0.34), "fails"), ((0.05, 0.6), "holds")])
+def test_lora_loo_verdict(tmp_path, kept, expected):
+    acc = {"B@A (replication), mean + proj": {"16": 35.0}, "factors (authors), mean + proj": {"16": 46.1}}
+    _write(tmp_path, "08_lora_functional_loo", {
+        "n_tasks": 72, "baselines_pct": {"base": 33.1, "own": 70.6, "mean_of_others": 31.2}, "accuracy_mean_pct": acc,
+        "paired_differences_pct": [{"comparison": "B@A: mean + proj - mean only", "k": 16, "diff": 3.8, "lo": 2.1, "hi": 5.4}],
+        "verdict": {"share of own gain kept, B@A mean+proj k=16": kept[0], "share of own gain kept, factors k=16": kept[1]}})
+    assert claims.lora_loo(claims.load_all(tmp_path)).verdict == expected

@@ -217,8 +217,85 @@ def lora_shared_init(R: dict) -> Claim:
                  verdict=HOLDS if ok else FAILS, **base)
 
 
+def lora_loo(R: dict) -> Claim:
+    pub = published.LORA_LOO["replication"]
+    base = dict(claim="Adapters of unseen tasks projected onto the subspace of the others keep their function",
+                paper="reconstructed LoRAs keep ROUGE-L IID and OOD (values not public)",
+                replication=f"base {pub['base']}%, own {pub['own']}%, mean of others {pub['mean_only'][0]}-"
+                            f"{pub['mean_only'][1]}%, mean + k16 {pub['mean_plus_k16'][0]}-{pub['mean_plus_k16'][1]}%",
+                criterion="held-out adapters rebuilt at k = 16 keep >= 50% of the own adapter's gain over the base "
+                          "(either recipe), leave-one-out over all tasks",
+                source="08_lora_functional_loo")
+    r = _res(R, base["source"])
+    if r is None:
+        return Claim(ours="-", verdict=NOT_RUN, **base)
+    if not r.get("accuracy_mean_pct"):
+        return Claim(ours="weight-space errors only", verdict=NOT_TESTED, **base)
+    b, acc, v = r["baselines_pct"], r["accuracy_mean_pct"], r["verdict"]
+    d16 = next(d for d in r["paired_differences_pct"] if d["comparison"].startswith("B@A: mean + proj - mean")
+               and d["k"] == 16)
+    kept = {"B@A": v["share of own gain kept, B@A mean+proj k=16"], "factors": v["share of own gain kept, factors k=16"]}
+    ours = (f"N={r['n_tasks']}: base {b['base']:.1f}%, own {b['own']:.1f}%, mean of others {b['mean_of_others']:.1f}%, "
+            f"B@A mean + k16 {acc['B@A (replication), mean + proj']['16']:.1f}% (+{d16['diff']:.1f} [{d16['lo']:.1f}, "
+            f"{d16['hi']:.1f}] over the mean), factors k16 {acc['factors (authors), mean + proj']['16']:.1f}%; "
+            f"gain kept {kept['B@A']:.0%} / {kept['factors']:.0%}")
+    return Claim(ours=ours, verdict=HOLDS if max(kept.values()) >= 0.5 else FAILS, **base)
+
+
+def merging(R: dict) -> Claim:
+    pub, rep = published.MERGING["paper"], published.MERGING["replication"]
+    base = dict(claim="Merging in the universal subspace beats other merging methods",
+                paper=f"subspace {pub['subspace']} vs KnOTS-TIES {pub['knots_ties']}, individual {pub['individual']}",
+                replication=f"mean {rep['mean']} = subspace {rep['subspace']}, TIES@0.2 {rep['ties_d0.2']}, "
+                            f"TA {rep['task_arithmetic']}, individual {rep['individual']}",
+                criterion="8-task subspace merge (k = 16) >= 2 points above the best of mean, task arithmetic, TIES, "
+                          "DARE and KnOTS-TIES, in every population",
+                source="04_merging")
+    r = _res(R, base["source"])
+    if r is None:
+        return Claim(ours="-", verdict=NOT_RUN, **base)
+    if not r.get("summary_n8"):
+        return Claim(ours="weight-space merges only", verdict=NOT_TESTED, **base)
+    parts, ok = [], True
+    for pop, t in r["summary_n8"].items():
+        rivals = {m: t[m] for m in ("mean", "task arithmetic", "TIES", "DARE", "KnOTS-TIES") if m in t}
+        best = max(rivals, key=rivals.get)
+        parts.append(f"{pop}: subspace {t['subspace k=16']:.1f}, best other {best} {rivals[best]:.1f}, "
+                     f"individual {t['individual']:.1f}")
+        ok &= t["subspace k=16"] >= rivals[best] + 2
+    ours = "; ".join(parts) + f"; largest abs(subspace - mean) {r['max_subspace_minus_mean']:.0e}"
+    return Claim(ours=ours, verdict=HOLDS if ok else FAILS, **base)
+
+
+def adaptation(R: dict) -> Claim:
+    rep = published.ADAPTATION["replication_k16"]
+    base = dict(claim="Training only coefficients on the frozen subspace adapts a model to new tasks",
+                paper="~10K coefficients instead of 86M (ViT); accuracies not public in readable form",
+                replication=f"k=16: LoRA {rep['lora_r16']}, subspace + mean {rep['subspace_plus_mean']}, basis only "
+                            f"{rep['basis_only']}, base {rep['base']}",
+                criterion="held-out ViT tasks: top-16 basis (+ mean) >= 2 points above a random 16-dim basis with the "
+                          "same trainable count, and within 2 points of a LoRA of rank 16",
+                source="05_subspace_adaptation")
+    r = _res(R, base["source"])
+    if r is None:
+        return Claim(ours="-", verdict=NOT_RUN, **base)
+    if not r.get("vit_summary"):
+        return Claim(ours="bases and trainable counts only", verdict=NOT_TESTED, **base)
+    acc = {(x["label"], int(x["k"])): 100 * x["test"] for x in r["vit_summary"]}
+    top = max(acc[("top-k basis", 16)], acc[("top-k basis + mean", 16)])
+    rnd, lora = acc[("random k-dim basis", 16)], acc[("LoRA rank k", 16)]
+    ours = (f"ViT k=16: subspace {top:.1f}, random basis {rnd:.1f}, LoRA {lora:.1f}, "
+            f"head only {acc.get(('head only (linear probe)', 0), float('nan')):.1f}")
+    lm = next((x for x in r.get("lm_table", []) if x["k"] == "16"), None)
+    if lm:
+        ours += f"; tiny Mistral k=16: LoRA {lm['LoRA (fresh)']:.1f}, subspace + mean {lm['subspace + mean']:.1f}"
+    ok = top >= rnd + 2 and top >= lora - 2
+    return Claim(ours=ours, verdict=HOLDS if ok else FAILS, **base)
+
+
 CLAIMS: list[Callable[[dict], Claim]] = [lora_spectra, vit_spectra, llama_spectra, random_init, vit_projection, lora_compression,
-                                         vit_compression, llama_compression, lora_shared_init]
+                                         vit_compression, llama_compression, lora_loo, merging, adaptation,
+                                         lora_shared_init]
 
 
 def ledger(R: dict) -> list[Claim]:
