@@ -1,5 +1,6 @@
 # uws: two commands for a fresh machine (see README):
-#   make reproduce   install, build the laptop populations, execute every notebook into results/
+#   make reproduce   install, build the laptop populations, execute every notebook into results/,
+#                    write the claims ledger results/CLAIMS.md
 #   make test        install, unit tests, then nbval on notebooks/
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (benchmarks/results.md); passive waiting costs nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup reproduce test unit nbval bench notebooks clean
+.PHONY: setup populations reproduce test unit nbval bench notebooks clean
 
 setup: $(STAMP)
 
@@ -20,16 +21,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e .
 	touch $(STAMP)
 
-reproduce: setup
+# The LoRA, ViT and Llama populations, two at a time (cached; the notebooks then only read them).
+populations: setup
+	$(PY) -m uws_core.populations --workers 2
+
+reproduce: setup populations
 	$(PY) -m uws_core.reproduce
 
 test: setup unit nbval
 
 unit: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n 2
 
-nbval: setup
-	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+# nbval under xdist only with --dist loadfile: each notebook's cells stay in order on one worker.
+nbval: setup populations
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/bench_lora_subspace.py
