@@ -33,3 +33,9 @@ def test_bad_names_and_workers():
         populations.build("gpt2")
     with pytest.raises(ValueError, match="workers"):
         populations.build_all(["lora"], workers=0)
+
+
+def test_nothing_built_at_paper_scale(monkeypatch):
+    monkeypatch.setenv("UWS_SCALE", "paper")
+    monkeypatch.setattr(populations, "BUILDERS", {"lora": lambda: pytest.fail("built at paper scale")})
+    assert populations.main([]) == 0

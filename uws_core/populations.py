@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(BUILDERS), help="build only these")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from uws_core.results import scale
+
+    if scale() == "paper":  # the notebooks read the real checkpoints; our populations are not used
+        log.info("UWS_SCALE=paper: no laptop population is needed, nothing built")
+        return 0
     t0 = time.perf_counter()
     for name, root, seconds in build_all(args.only, args.workers):
         log.info("%-6s %7.1f s  %s", name, seconds, root)
