@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # GQA: k/v are (16, 32)
 
@@ -74,6 +77,41 @@ def _write_adapter(d: Path, r, alpha, seed, target_modules, use_rslora, dtype, m
             a = mod.lora_A["default"].weight.detach().to(torch.float64)
             found[name] = (b, a, mod.get_delta_weight("default").detach().to(torch.float64))
     return found
+
+
+def adapters_under_manifest_ids(root: Path, n: int, split: str = "train", family: str = "mistral7b_loras",
+                                **write_kw) -> WrittenAdapters:
+    """Write n PEFT adapters (:func:`write_adapters`) under ``root/<hub id>`` of the first n entries of ``split``
+    of the manifest ``family``: the layout the paper-scale branches read. ``dirs`` are the moved directories."""
+    from uws_core.manifests import load_manifest, lora_split
+
+    ids = list(lora_split(load_manifest(family), split)["repo_id"][:n])
+    written = write_adapters(root.with_name(root.name + "_written"), n=n, **write_kw)
+    dirs = []
+    for repo_id, d in zip(ids, written.dirs):
+        (root / repo_id).parent.mkdir(parents=True, exist_ok=True)
+        dirs.append(Path(shutil.move(str(d), root / repo_id)))
+    return WrittenAdapters(dirs=dirs, factors=written.factors)
+
+
+def run_notebook(name: str, tmp_path: Path, env: dict, parameters: dict | None = None) -> dict:
+    """Execute ``notebooks/<name>.ipynb`` with papermill at UWS_SCALE=paper and return its saved ``results``.
+
+    ``env``: variables set for the run (None: unset); UWS_RESULTS is ``tmp_path/results``. The executed
+    notebook is written to ``tmp_path/out.ipynb``. Skips when papermill is not installed."""
+    pm = pytest.importorskip("papermill")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {"UWS_SCALE": "paper", "UWS_RESULTS": str(tmp_path / "results"), **env}.items():
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, str(value))
+        pm.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                            cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False,
+                            parameters=parameters or {})
+    payload = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert payload["scale"] == env.get("UWS_SCALE", "paper")
+    return payload["results"]
 
 
 def write_checkpoints(root: Path, n: int = 3, arch: str = "mistral", seed: int = 0,

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from uws_core import lora_projection as lp
+from uws_core.peft_state import split_lora_state
 from uws_core.spectral import ShapeMismatchError
 
 PFX = "base_model.model.model.layers.{}.self_attn.{}"
@@ -26,7 +27,7 @@ def make_states(n=7, r=2, shapes=((4, 3), (2, 3)), seed=0):
 
 def dense(state, scaling=1.0):
     """{module: scaling * B @ A} float64 numpy."""
-    return {m: scaling * (b.double() @ a.double()).numpy() for m, (b, a) in lp.split_lora_state(state).items()}
+    return {m: scaling * (b.double() @ a.double()).numpy() for m, (b, a) in split_lora_state(state).items()}
 
 
 def rel(x, y):
@@ -49,7 +50,7 @@ def dense_product_projection(others, target, k, add_mean):
 
 def dense_factor_projection(states, j, k, add_mean):
     """The authors' recipe in numpy: SVD of [A_i^T] and [B_i] (i != j) centred by the mean column."""
-    split = [lp.split_lora_state(s) for s in states]
+    split = [split_lora_state(s) for s in states]
     out = {}
     for m in split[0]:
         proj = []
@@ -71,19 +72,6 @@ def stack():
 
 
 # ------------------------------------------------------------------------------------------ states
-def test_split_join_roundtrip_and_errors():
-    st = make_states(n=1)[0]
-    again = lp.join_lora_state(lp.split_lora_state(st), torch.float64)
-    assert again.keys() == st.keys() and all(torch.equal(again[k], st[k]) for k in st)
-    key = PFX.format(0, "q_proj")
-    with pytest.raises(KeyError, match="lora_B"):
-        lp.split_lora_state({key + ".lora_A.weight": st[key + ".lora_A.weight"]})
-    with pytest.raises(KeyError, match="not_a_lora"):
-        lp.split_lora_state({**st, "x.not_a_lora.weight": torch.zeros(2, 2)})
-    with pytest.raises(ShapeMismatchError, match="rank"):
-        lp.split_lora_state({**st, key + ".lora_A.weight": torch.zeros(3, 3)})
-
-
 def test_stack_refuses_mismatch_naming_the_key():
     states = make_states(n=3)
     key = PFX.format(1, "q_proj") + ".lora_B.weight"
@@ -98,17 +86,6 @@ def test_stack_refuses_mismatch_naming_the_key():
     nan[key] = torch.full((2, 2), float("nan"), dtype=torch.float64)
     with pytest.raises(ValueError, match="NaN|finite"):
         lp.LoraStack.from_states([states[0], states[1], nan])
-
-
-def test_compact_pair_is_exact_and_low_rank():
-    gen = torch.Generator().manual_seed(1)
-    b = torch.randn(5, 12, generator=gen, dtype=torch.float64)  # rank 12 > min(5, 4): compacts to 4
-    a = torch.randn(12, 4, generator=gen, dtype=torch.float64)
-    b2, a2 = lp.compact_lora_pair(b, a)
-    assert b2.shape == (5, 4) and a2.shape == (4, 4)
-    assert torch.allclose(b2 @ a2, b @ a, rtol=0, atol=1e-12 * float((b @ a).abs().max()))
-    b3, a3 = lp.compact_lora_pair(b[:, :2], a[:2])  # rank 2 stays rank 2
-    assert b3.shape[1] == 2 and torch.allclose(b3 @ a3, b[:, :2] @ a[:2], atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ recipes
@@ -140,8 +117,8 @@ def test_k0_with_mean_is_the_mean_of_the_others(stack):
     assert rel(dense(lp.mean_of_others(stack, 3), 2.0), mean) < 1e-10
     assert all(np.abs(v).max() == 0 for v in dense(rec[(3, "product", False, 0)][0]).values())  # basis only, k=0
     # factors at k=0 with the mean: every column of A_hat^T (of B_hat) is the others' mean column
-    split = [lp.split_lora_state(s) for i, s in enumerate(states) if i != 3]
-    fac = lp.split_lora_state(rec[(3, "factors", True, 0)][0])
+    split = [split_lora_state(s) for i, s in enumerate(states) if i != 3]
+    fac = split_lora_state(rec[(3, "factors", True, 0)][0])
     for m, (b, a) in fac.items():
         mu_a = torch.cat([p[m][1] for p in split]).mean(0)  # mean over all rows of the stacked A_i
         mu_b = torch.cat([p[m][0] for p in split], dim=1).mean(1)
@@ -258,34 +235,16 @@ def test_loo_accuracy_on_tiny_population(tiny_pop):
         lp.loo_reconstruction_accuracy(pop, ks=(1,), tasks=["nope"])
 
 
-def test_notebook_08_weight_space_at_paper_scale(tmp_path, monkeypatch):
+def test_notebook_08_weight_space_at_paper_scale(tmp_path):
     """The paper-scale branch runs on PEFT adapters laid out under the manifest's hub ids and skips the
     functional part with a printed statement."""
-    import json
-    import shutil
-    from pathlib import Path
+    from conftest import adapters_under_manifest_ids, run_notebook
 
-    pm = pytest.importorskip("papermill")
-    from conftest import write_adapters
-    from uws_core.manifests import load_manifest, lora_split
-
-    repo = Path(__file__).resolve().parent.parent
-    ids = list(lora_split(load_manifest("mistral7b_loras"), "train")["repo_id"][:6])
-    written = write_adapters(tmp_path / "written", n=6, r=4, alpha=8)
-    root = tmp_path / "hub"
-    for repo_id, d in zip(ids, written.dirs):
-        (root / repo_id).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), root / repo_id)
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(root))
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    out = tmp_path / "out.ipynb"
-    pm.execute_notebook(str(repo / "notebooks" / "08_lora_functional_loo.ipynb"), str(out),
-                        cwd=str(repo / "notebooks"), kernel_name="python3", progress_bar=False,
-                        parameters={"N_HELDOUT": 3, "K_ERR": [0, 1, 4, 64], "N_BOOT": 100})
-    res = json.loads((tmp_path / "results" / "08_lora_functional_loo.json").read_text())["results"]
+    adapters_under_manifest_ids(tmp_path / "hub", 6)
+    res = run_notebook("08_lora_functional_loo", tmp_path, {"UWS_MISTRAL_LORA_DIR": tmp_path / "hub"},
+                       {"N_HELDOUT": 3, "K_ERR": [0, 1, 4, 64], "N_BOOT": 100})
     assert res["n_adapters"] == 6 and res["n_heldout"] == 3
     assert "skipped" in res["functional"]
     fac, prod = res["median_rel_error"]["factors|mean=False"], res["median_rel_error"]["product|mean=False"]
     assert fac["64"] < fac["1"] <= 1.0 and prod["0"] == pytest.approx(1.0)  # k = 0 without mean: nothing
-    assert "functional evaluation skipped" in out.read_text()
+    assert "functional evaluation skipped" in (tmp_path / "out.ipynb").read_text()

@@ -1,15 +1,11 @@
-"""Merges on hand-computed cases, the subspace-merge = mean identity, KnOTS dense vs factored, LoRA <-> dense
-conversions (read back by our loader and by peft), bad input, and the evaluators on tiny populations."""
-
-import json
-import warnings
+"""Merges on hand-computed cases, the subspace-merge = mean identity, KnOTS dense vs factored, bad input, and
+the evaluators on tiny populations (LoRA <-> dense conversions: tests/test_peft_state.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_causal_lm, write_adapters
-from uws_core import merging as M
+from uws_core import merging as M, peft_state as P
 
 # 3 tasks, 2x3 matrices, no ties in magnitude within a task (TIES worked by hand below)
 T1 = torch.tensor([[1.0, -2.0, 3.0], [0.5, 4.0, -1.0]], dtype=torch.float64)
@@ -116,44 +112,6 @@ def test_svd_aligned_merge_identities_and_factored_path():
     assert (M.svd_aligned_merge(dense, "ties", 0.3)["m"] - M.ties_merge(dense, 0.3)["m"]).abs().max() > 1e-3
 
 
-def test_dense_to_exact_lora_pair():
-    gen = torch.Generator().manual_seed(7)
-    d = torch.randn(5, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 8, generator=gen, dtype=torch.float64)
-    b, a = M.lora_pair_from_dense(d, scaling=2.0)
-    assert b.shape == (5, 3) and a.shape == (3, 8)                                   # rank found = rank(D)
-    torch.testing.assert_close(2.0 * b @ a, d, rtol=0, atol=1e-12)
-    bt, at = M.lora_pair_from_dense(d, max_rank=1)
-    assert bt.shape == (5, 1) and (bt @ at - d).abs().max() > 1e-3                   # truncation is lossy
-    state = M.peft_state_from_dense({"x.q_proj": d, "x.k_proj": d[:, :4].clone() * 0 + d[:, :1]}, scaling=0.5)
-    assert state["x.k_proj" + M.LORA_B].shape == (5, 3)                               # rank 1 padded to 3
-    back = M.lora_products(state, 0.5)
-    torch.testing.assert_close(back["x.q_proj"], d, rtol=0, atol=1e-12)
-    torch.testing.assert_close(back["x.k_proj"], d[:, :1].expand(5, 4), rtol=0, atol=1e-12)
-
-
-def test_merged_pair_saved_as_peft_adapter_is_read_back(tmp_path):
-    from peft import PeftModel
-
-    from uws_core.adapters import AdapterSet, read_adapter_config
-    written = write_adapters(tmp_path / "src", n=3, r=4, alpha=8)
-    from safetensors.torch import load_file
-    states = [load_file(str(p / "adapter_model.safetensors")) for p in written.dirs]
-    products = [M.lora_products(s, 2.0) for s in states]
-    merged = M.ties_merge(products, density=0.3)
-    state = M.peft_state_from_dense(merged, scaling=1.0)
-    out = M.save_peft_adapter(state, tmp_path / "merged", read_adapter_config(written.dirs[0]).raw)
-    aset = AdapterSet.from_dirs([out])
-    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == aset.configs[0].r
-    for mod in aset.module_keys:
-        b, a = aset.load(0, mod, scaled=True)
-        torch.testing.assert_close(b @ a, merged[mod], rtol=0, atol=1e-4)            # float32 files
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = PeftModel.from_pretrained(tiny_causal_lm(seed=1234), str(out))
-    name, mod = next((n, m) for n, m in model.named_modules() if n.endswith("layers.1.self_attn.v_proj"))
-    torch.testing.assert_close(mod.get_delta_weight("default").double(), merged[name], rtol=0, atol=1e-4)
-
-
 def test_bad_input_names_the_key():
     good = random_deltas(2, seed=8)
     with pytest.raises(KeyError, match="a.bias"):
@@ -170,10 +128,6 @@ def test_bad_input_names_the_key():
         M.dare_merge(good, p=1.0)
     with pytest.raises(ValueError, match="unfolding"):
         M.fit_subspace(good, 2, unfolding="tubes")
-    with pytest.raises(KeyError, match="m.lora_B"):
-        M.lora_modules({"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B": torch.zeros(3, 2)})
-    with pytest.raises(KeyError, match="'m' has lora_A but not its partner"):
-        M.lora_modules({"m.lora_A.weight": torch.zeros(2, 3)})
     with pytest.raises(KeyError, match="'v' is not a key of the base"):
         M.apply_delta({"w": T1}, {"v": T1})
     with pytest.raises(ValueError, match="'w' has shape \\(3, 2\\)"):
@@ -196,7 +150,7 @@ def test_lora_evaluator_matches_the_population(tmp_path):
     state = pop.adapter_state(1)
     assert ev(state, [tasks[1]])[0] == pop.evaluate(tasks[1], state)
     # a dense update passed back as an exact PEFT pair scores as the adapter itself
-    dense = M.peft_state_from_dense(M.lora_products(state, pop.scaling), scaling=pop.scaling)
+    dense = P.peft_state_from_dense(P.lora_products(state, pop.scaling), scaling=pop.scaling)
     assert ev(dense, [tasks[1]], "val")[0] == ev(state, [tasks[1]], "val")[0]
 
 
@@ -213,19 +167,6 @@ def test_vit_accuracy_validation_subset(tmp_path):
     idx = M.vit_validation_indices(n, 50, tasks[0])
     assert len(idx) == 50 == len(set(idx)) and np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[0]))
     assert not np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[1]))
-
-
-def test_randomized_truncation_is_exact_for_low_rank_updates():
-    gen = torch.Generator().manual_seed(9)
-    d = torch.randn(200, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 150, generator=gen, dtype=torch.float64)
-    b, a = M.lora_pair_from_dense(d, scaling=2.0, max_rank=8)                         # randomized path (2 * 24 < 150)
-    assert b.shape == (200, 6)
-    torch.testing.assert_close(2.0 * b @ a, d, rtol=0, atol=1e-9)
-    full = torch.randn(200, 150, generator=gen, dtype=torch.float64)
-    b, a = M.lora_pair_from_dense(full, max_rank=8)
-    s = torch.linalg.svdvals(full)
-    best = float(s[8:].pow(2).sum().sqrt())                                            # Eckart-Young optimum
-    assert b.shape == (200, 8) and best <= float((b @ a - full).norm()) < 1.05 * best
 
 
 def test_randomized_subspace_fit_matches_the_exact_one():

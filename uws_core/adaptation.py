@@ -26,8 +26,9 @@ dict: :func:`uws_core.vit_model.vit_logits` for the ViT (batched natively), or a
 :func:`functional_forward` (``torch.func.functional_call`` under ``torch.func.vmap``) for the tiny Mistral.
 
 Helpers for the two laptop populations: :func:`vit_split` (a fixed validation subset of a ViT task's train
-split), :func:`vit_loss_fn`, :func:`vit_accuracy`; :func:`lm_loss_fn` and :func:`dense_lora_state` (evaluate
-a dense update with :meth:`uws_core.lora_zoo.LoraPopulation.evaluate`); :func:`task_vector_basis` and
+split), :func:`vit_loss_fn`, :func:`vit_accuracy`; :func:`lm_loss_fn` (and
+:func:`uws_core.peft_state.dense_lora_state` to evaluate a dense update with
+:meth:`uws_core.lora_zoo.LoraPopulation.evaluate`); :func:`task_vector_basis` and
 :func:`random_basis` for the frozen bases; :func:`sweep_then_seeds`, the protocol (learning rate chosen on
 validation with one seed, then every seed at that rate).
 """
@@ -44,9 +45,8 @@ from uws_core.spectral import stack_spectrum
 from uws_core.subspace import random_orthonormal_basis
 
 __all__ = ["UNFOLDINGS", "subspace_update", "lora_update", "Adapter", "lr_factor", "fit_runs", "functional_forward",
-           "task_vector_basis", "random_basis", "trainable_parameter_count", "peft_weight_key", "lora_delta",
-           "dense_lora_state", "lm_loss_fn", "vit_split", "class_mask", "vit_loss_fn", "vit_accuracy",
-           "sweep_then_seeds"]
+           "task_vector_basis", "random_basis", "trainable_parameter_count", "lm_loss_fn", "vit_split", "class_mask",
+           "vit_loss_fn", "vit_accuracy", "sweep_then_seeds"]
 
 UNFOLDINGS = ("rows", "cols", "model")
 
@@ -316,43 +316,6 @@ def trainable_parameter_count(method: str, shapes: dict, k: int = 0, unfolding: 
 
 
 # ------------------------------------------------------------------------------------------ LoRA populations
-
-PEFT_PREFIX = "base_model.model."
-
-
-def peft_weight_key(module: str) -> str:
-    """PEFT module name (``base_model.model.model.layers.0.self_attn.q_proj``) -> the base model's weight key
-    (``model.layers.0.self_attn.q_proj.weight``)."""
-    if not module.startswith(PEFT_PREFIX):
-        raise KeyError(f"{module!r} does not start with PEFT's prefix {PEFT_PREFIX!r}")
-    return module[len(PEFT_PREFIX):] + ".weight"
-
-
-def lora_delta(state: dict[str, torch.Tensor], module: str, scaling: float) -> torch.Tensor:
-    """``scaling * B @ A`` (d_out, d_in) float32 of one module of a PEFT-keyed adapter state (computed in
-    float64); a missing factor names the key."""
-    a_key, b_key = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-    for key in (a_key, b_key):
-        if key not in state:
-            raise KeyError(f"adapter state has no key {key!r}")
-    b, a = state[b_key].double(), state[a_key].double()                      # (d_out, r), (r, d_in)
-    if b.shape[1] != a.shape[0]:
-        raise ValueError(f"{module}: B {tuple(b.shape)} and A {tuple(a.shape)} have different ranks")
-    return (scaling * b @ a).to(torch.float32)
-
-
-def dense_lora_state(deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Dense updates (weight key -> (d_out, d_in)) as a PEFT-keyed "LoRA" of full rank (B = delta, A = I), so
-    that :meth:`uws_core.lora_zoo.LoraPopulation.evaluate` (``scaling=1``) evaluates ``W_base + delta``."""
-    out = {}
-    for key, d in deltas.items():
-        if not key.endswith(".weight") or d.ndim != 2:
-            raise ValueError(f"{key!r}: need a '<module>.weight' key and a (d_out, d_in) update, got {tuple(d.shape)}")
-        module = PEFT_PREFIX + key[:-len(".weight")]
-        out[f"{module}.lora_B.weight"] = d.detach().to(torch.float32).clone()
-        out[f"{module}.lora_A.weight"] = torch.eye(d.shape[1])
-    return out
-
 
 def lm_loss_fn(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, seeds, batch_size: int):
     """Per-run loss for :func:`fit_runs` on a causal LM: run g's mean answer NLL

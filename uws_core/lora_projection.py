@@ -17,7 +17,7 @@ Recipes, per module key, each fitted on the N-1 adapters other than the held-out
   adapter ``M`` of the others, top-k PCA basis kept in factored form (:class:`uws_core.lora.FactoredModelBasis`).
   Without the mean: ``P_hat = sum_j <b_j, P> b_j``; with it: ``P_hat = M + sum_j <b_j, P - M> b_j`` (k = 0:
   the mean of the other adapters). ``P_hat = sum_i w_i P_i`` is an exact factor pair of rank (N-1) r, reduced
-  by :func:`compact_lora_pair` to its numerical rank (at most ``min(d_out, d_in)``).
+  by :func:`uws_core.peft_state.compact_lora_pair` to its numerical rank (at most ``min(d_out, d_in)``).
 
 Leave-one-out is exact: the product recipe computes the N x N Gram once per module and fits each held-out
 adapter on the Gram's submatrix of the others; the factor recipe refits its SVD on the others' factors.
@@ -31,7 +31,6 @@ gives the weight-space reconstruction error at any scale.
 from __future__ import annotations
 
 import contextlib
-import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -41,11 +40,11 @@ import torch
 
 from uws_core.device import ACCUM_DTYPE, pick_device
 from uws_core.lora import FactoredModelBasis, lora_product_spectrum
+from uws_core.peft_state import compact_lora_pair, join_lora_state, split_lora_state
 from uws_core.spectral import ShapeMismatchError, check_finite
 from uws_core.subspace import eigh_descending, model_axis_eigen
 
-__all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "split_lora_state", "join_lora_state",
-           "LoraStack", "compact_lora_pair",
+__all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "LoraStack",
            "fit_factor_basis", "project_factors", "ProductLeaveOneOut", "loo_reconstructions",
            "mean_of_others", "loo_relative_errors", "loo_reconstruction_accuracy", "bootstrap_mean_ci",
            "REPLICATION_BASIS_ONLY"]
@@ -57,7 +56,6 @@ CONTROLS = ("factors_random",)
 K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
 #: The replication's "basis without the mean" result has no number in uws_core.published.LORA_LOO.
 REPLICATION_BASIS_ONLY = "about the base model's accuracy (no number published; digest section 4)"
-_KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 
 
 @contextlib.contextmanager
@@ -74,38 +72,6 @@ def _threads(num_threads: int | None):
 
 
 # ------------------------------------------------------------------------------------------ states
-def split_lora_state(state: Mapping[str, torch.Tensor], name: str = "adapter") -> dict[str, tuple]:
-    """PEFT-keyed state -> ``{module: (B (d_out, r), A (r, d_in))}``; errors name the adapter and the key."""
-    pairs: dict[str, dict] = {}
-    for key, t in state.items():
-        m = _KEY_RE.match(key)
-        if m is None:
-            raise KeyError(f"{name}: key {key!r} is not '<module>.lora_A.weight' or '<module>.lora_B.weight'")
-        if t.ndim != 2:
-            raise ShapeMismatchError(f"{name}: key {key!r} has shape {tuple(t.shape)}, expected 2-D")
-        pairs.setdefault(m.group("module"), {})[m.group("which")] = t
-    out = {}
-    for module, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            have = next(iter(ab))
-            raise KeyError(f"{name}: key {module + '.lora_' + have + '.weight'!r} has no matching "
-                           f"lora_{'B' if have == 'A' else 'A'}")
-        if ab["B"].shape[1] != ab["A"].shape[0]:
-            raise ShapeMismatchError(f"{name}: key {module + '.lora_A.weight'!r} has rank {ab['A'].shape[0]} "
-                                     f"but lora_B {tuple(ab['B'].shape)}")
-        out[module] = (ab["B"], ab["A"])
-    return out
-
-
-def join_lora_state(pairs: Mapping[str, tuple], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """``{module: (B, A)}`` -> PEFT-keyed state (contiguous CPU tensors of ``dtype``)."""
-    out = {}
-    for module, (b, a) in pairs.items():
-        out[f"{module}.lora_A.weight"] = a.detach().to("cpu", dtype).contiguous()
-        out[f"{module}.lora_B.weight"] = b.detach().to("cpu", dtype).contiguous()
-    return out
-
-
 class LoraStack:
     """N adapters of one base, per module key: ``factors(key) -> (B (N, d_out, r), A (N, r, d_in))`` float64.
 
@@ -175,20 +141,6 @@ class LoraStack:
 
 
 # ------------------------------------------------------------------------------------------ algebra
-def compact_lora_pair(b: torch.Tensor, a: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
-    """An exact pair ``(B' (d_out, q), A' (q, d_in))`` with ``B' A' = b @ a`` and q its numerical rank.
-
-    QR of ``b`` (d_out, R) and of ``a^T`` (d_in, R), SVD of the small core ``R_b R_a^T``; singular values
-    below ``rtol`` times the largest are dropped (q >= 1; a zero product gives one zero column)."""
-    b, a = b.to(ACCUM_DTYPE), a.to(ACCUM_DTYPE)
-    qb, rb = torch.linalg.qr(b)  # (d_out, m1), (m1, R)
-    qa, ra = torch.linalg.qr(a.T)  # (d_in, m2), (m2, R)
-    u, sv, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)  # core (m1, m2)
-    q = max(1, int((sv > rtol * max(float(sv[0]) if sv.numel() else 0.0, 1e-300)).sum()))
-    root = sv[:q].sqrt()
-    return (qb @ u[:, :q]) * root, root[:, None] * (vh[:q] @ qa.T)
-
-
 def _pair_sq_norm(b, a) -> float:
     """``||b @ a||_F^2 = tr((b^T b)(a a^T))`` without the d_out x d_in product."""
     return float(((b.T @ b) * (a @ a.T)).sum())

@@ -1,12 +1,13 @@
 """Model merging on name-keyed weight dicts: mean, task arithmetic, TIES, DARE, the universal-subspace merge and
-an SVD-alignment merge for LoRAs (KnOTS-style), plus the conversions between PEFT LoRA states and dense updates.
+an SVD-alignment merge for LoRAs (KnOTS-style), and evaluators of merged states on the laptop populations.
 
 Every merge takes ``deltas``: a list of ``dict[str, Tensor]``, one per task, with identical keys and shapes.
 A delta is a *task update*: ``W_i - W_base`` for full fine-tunes (:func:`task_vectors`), or, for LoRAs, either
 the PEFT state itself (``...lora_A.weight`` / ``...lora_B.weight`` keys: A and B are then merged separately,
 each factor as its own tensor) or the dense products ``scaling * B_i @ A_i`` keyed by module
-(:func:`lora_products`). Merges are computed in float64 and return float64 dicts; apply one with
-:func:`apply_delta`, or turn a dense LoRA update back into an exact PEFT pair with :func:`peft_state_from_dense`.
+(:func:`uws_core.peft_state.lora_products`). Merges are computed in float64 and return float64 dicts; apply one
+with :func:`apply_delta`, or turn a dense LoRA update back into an exact PEFT pair with
+:func:`uws_core.peft_state.peft_state_from_dense`.
 
 Conventions (the papers leave them open): TIES trims *per tensor* (each key of each task keeps its
 ``ceil(density * numel)`` largest magnitudes, ties at the threshold all kept), as mergekit does, rather than over
@@ -17,21 +18,17 @@ the order of the keys. Merges return only the update; ``lam`` scales it.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 __all__ = ["check_deltas", "task_vectors", "apply_delta", "mean_merge", "task_arithmetic", "ties_merge", "dare_merge",
-           "fit_subspace", "subspace_merge", "svd_aligned_merge", "lora_svd_aligned_merge", "lora_modules",
-           "lora_products", "lora_pair_from_dense", "peft_state_from_dense", "save_peft_adapter", "sign_agreement",
-           "SubspaceBasis", "LORA_A", "LORA_B", "norm", "ties_trim", "ties_tensor",
+           "fit_subspace", "subspace_merge", "svd_aligned_merge", "lora_svd_aligned_merge", "sign_agreement",
+           "SubspaceBasis", "norm", "ties_trim", "ties_tensor",
            "LoraMergeEvaluator", "vit_accuracy", "vit_validation_indices"]
 
-LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
 Weights = dict[str, torch.Tensor]
 
 
@@ -294,90 +291,6 @@ def lora_svd_aligned_merge(B: torch.Tensor, A: torch.Tensor, merge: str = "ties"
     um, s, vt = torch.linalg.svd(m, full_matrices=False)
     v = vt.reshape(-1, n, A.shape[2]).permute(1, 0, 2)  # (n, R, d_in)
     return (q @ um) * s, _merge_aligned(v, merge, density, lam)
-
-
-# ------------------------------------------------------------------------------------------------ LoRA <-> dense
-def lora_modules(state: Weights) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """module key -> (B (d_out, r), A (r, d_in)) of a PEFT-keyed LoRA state; a lone factor or another key is an error."""
-    pairs: dict[str, dict] = {}
-    for key, t in state.items():
-        for which, suffix in (("A", LORA_A), ("B", LORA_B)):
-            if key.endswith(suffix):
-                pairs.setdefault(key[:-len(suffix)], {})[which] = t
-                break
-        else:
-            raise KeyError(f"LoRA state key {key!r} ends neither in {LORA_A!r} nor in {LORA_B!r}")
-    out = {}
-    for mod, ab in sorted(pairs.items()):
-        if set(ab) != {"A", "B"}:
-            raise KeyError(f"LoRA module {mod!r} has lora_{''.join(ab)} but not its partner")
-        if ab["B"].shape[1] != ab["A"].shape[0]:
-            raise ValueError(f"LoRA module {mod!r}: B {tuple(ab['B'].shape)} and A {tuple(ab['A'].shape)} ranks differ")
-        out[mod] = (ab["B"], ab["A"])
-    return out
-
-
-def lora_products(state: Weights, scaling: float) -> Weights:
-    """module key -> the dense update ``scaling * B @ A`` (float64, (d_out, d_in))."""
-    return {mod: scaling * b.to(torch.float64) @ a.to(torch.float64) for mod, (b, a) in lora_modules(state).items()}
-
-
-def lora_pair_from_dense(delta: torch.Tensor, scaling: float = 1.0, rtol: float = 1e-10,
-                         max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B (d_out, rho), A (rho, d_in)) with ``scaling * B @ A = delta``, rho = numerical rank of delta (singular
-    values above ``rtol`` times the largest), at most ``max_rank`` (then the best rank-``max_rank`` approximation).
-    Balanced: B = U sqrt(S) / scaling, A = sqrt(S) V^T. A zero delta gives rank-1 zero factors.
-
-    With a ``max_rank`` far below min(d_out, d_in) (4096 x 4096 updates of rank <= n r), the SVD is a randomized
-    range finder with ``max_rank + 16`` columns and 4 power iterations (``torch.svd_lowrank``): exact whenever
-    rank(delta) <= max_rank + 16, an approximation otherwise (measure ``scaling * B @ A - delta``)."""
-    if delta.ndim != 2:
-        raise ValueError(f"a dense update must be 2-D, got shape {tuple(delta.shape)}")
-    d = delta.to(torch.float64)
-    q = (max_rank or 0) + 16
-    if max_rank and 2 * q < min(d.shape):
-        u, s, v = torch.svd_lowrank(d, q=q, niter=4)
-        vt = v.T
-    else:
-        u, s, vt = torch.linalg.svd(d, full_matrices=False)
-    rho = max(1, int((s > rtol * s[0]).sum()) if s[0] > 0 else 1)
-    rho = min(rho, max_rank) if max_rank else rho
-    root = s[:rho].sqrt()
-    return u[:, :rho] * root / scaling, root[:, None] * vt[:rho]
-
-
-def peft_state_from_dense(deltas: Weights, scaling: float = 1.0, rank: int | None = None, rtol: float = 1e-10) -> Weights:
-    """A PEFT LoRA state (``<module>.lora_A.weight`` / ``.lora_B.weight``) whose ``scaling * B @ A`` reproduces each
-    dense update. All modules get one rank (``rank``, default the largest numerical rank; smaller ones are padded
-    with zero rows/columns, which changes nothing), as one ``adapter_config.json`` needs."""
-    pairs = {mod: lora_pair_from_dense(d, scaling, rtol, max_rank=rank) for mod, d in deltas.items()}
-    r = rank or max(b.shape[1] for b, _ in pairs.values())
-    out = {}
-    for mod, (b, a) in pairs.items():
-        pad = r - b.shape[1]
-        out[mod + LORA_A] = torch.cat([a, a.new_zeros(pad, a.shape[1])]) if pad else a
-        out[mod + LORA_B] = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1) if pad else b
-    return out
-
-
-def save_peft_adapter(state: Weights, directory: Path | str, like: dict, scaling: float = 1.0) -> Path:
-    """Write a PEFT adapter directory (adapter_config.json + adapter_model.safetensors, float32) for ``state``.
-
-    ``like`` is a source adapter's config (``LoraAdapterConfig.raw``); r comes from the state and lora_alpha is
-    set so that lora_alpha / r = ``scaling`` (no rsLoRA, no per-module patterns)."""
-    from safetensors.torch import save_file
-
-    ranks = {b.shape[1] for b, _ in lora_modules(state).values()}
-    if len(ranks) != 1:
-        raise ValueError(f"one rank per adapter is needed, got ranks {sorted(ranks)}: use peft_state_from_dense(rank=)")
-    r = ranks.pop()
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = {**like, "r": r, "lora_alpha": scaling * r, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {},
-           "peft_type": "LORA"}
-    (d / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    save_file({k: v.to(torch.float32).contiguous() for k, v in state.items()}, str(d / "adapter_model.safetensors"))
-    return d
 
 
 # ------------------------------------------------------------------------------------------------ statistics
