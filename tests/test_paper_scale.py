@@ -4,37 +4,20 @@ Nothing here can download the real Lots-of-LoRAs adapters, so the test writes sm
 peft, tiny Mistral, q/k/v) under the names of the first entries of data_manifests/mistral7b_loras.csv and
 executes the notebook with UWS_SCALE=paper: the same code path a reviewer with the downloads runs.
 """
-import json
-import shutil
 from pathlib import Path
 
-import pytest
+from conftest import adapters_under_manifest_ids, run_notebook
+from uws_core.manifests import load_manifest
 
-from conftest import write_adapters
-from uws_core.manifests import load_manifest, lora_split
-
-REPO = Path(__file__).resolve().parent.parent
 N = 6
 
 
-def test_notebook_01_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
-    pm = pytest.importorskip("papermill")
-    ids = list(lora_split(load_manifest("mistral7b_loras"), "train")["repo_id"][:N])
-    written = write_adapters(tmp_path / "written", n=N, r=4, alpha=8)
-    root = tmp_path / "hub"
-    for repo_id, d in zip(ids, written.dirs):
-        (root / repo_id).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), root / repo_id)
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(root))
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    pm.execute_notebook(str(REPO / "notebooks" / "01_mistral7b_lora_spectra.ipynb"), str(tmp_path / "out.ipynb"),
-                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False,
-                        parameters={"N_BOOT": 2})
-    res = json.loads((tmp_path / "results" / "01_mistral7b_lora_spectra.json").read_text())
-    assert res["scale"] == "paper"
-    assert res["results"]["n_adapters"] == N and res["results"]["rank"] == 4
-    assert "population" not in res["results"]           # no training records at paper scale
+def test_notebook_01_at_paper_scale_on_manifest_layout(tmp_path):
+    adapters_under_manifest_ids(tmp_path / "hub", N)
+    res = run_notebook("01_mistral7b_lora_spectra", tmp_path, {"UWS_MISTRAL_LORA_DIR": tmp_path / "hub"},
+                       {"N_BOOT": 2})
+    assert res["n_adapters"] == N and res["rank"] == 4
+    assert "population" not in res                      # no training records at paper scale
 
 
 def _write_vit_family(root: Path, ids: list[str], base_id: str, seed: int = 0) -> None:
@@ -62,43 +45,25 @@ def _write_vit_family(root: Path, ids: list[str], base_id: str, seed: int = 0) -
         model.save_pretrained(root / repo_id)
 
 
-def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
+def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path):
     """Random inits are generated from the base's config.json; no scratch models, no LoRAs: both skipped."""
-    pm = pytest.importorskip("papermill")
     ids = list(load_manifest("vit")["repo_id"][:10])
     _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_VIT_DIR", str(tmp_path / "hub"))
-    monkeypatch.delenv("UWS_MISTRAL_LORA_DIR", raising=False)
-    monkeypatch.setenv("UWS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    pm.execute_notebook(str(REPO / "notebooks" / "07_null_models.ipynb"), str(tmp_path / "out.ipynb"),
-                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False,
-                        parameters={"N_BOOT": 2, "N_RANDOM_INIT": 6, "HALF_SIZES": [2, 4], "STABLE_LAYER": 0})
-    res = json.loads((tmp_path / "results" / "07_null_models.json").read_text())["results"]
+    res = run_notebook("07_null_models", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub", "UWS_MISTRAL_LORA_DIR": None,
+                                                    "UWS_CACHE": tmp_path / "cache"},
+                       {"N_BOOT": 2, "N_RANDOM_INIT": 6, "HALF_SIZES": [2, 4], "STABLE_LAYER": 0})
     assert res["params"]["N_RANDOM_INIT"] == 6 and res["params"]["HALF_SIZES"] == [2, 4]
     assert res["scratch_vs_finetune"] == [] and res["lora_shared_init"] is None
     assert len(res["base_inheritance"]) == 6           # 6 encoder matrices of the one layer
     assert len(list((tmp_path / "cache" / "random_init").glob("*/seed_5/model.safetensors"))) == 1
 
 
-def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path, monkeypatch):
+def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path):
     """LoRA adapters and ViTs under manifest ids; no Llama dir: that population is skipped."""
-    pm = pytest.importorskip("papermill")
-    ids = list(lora_split(load_manifest("mistral7b_loras"), "train")["repo_id"][:N])
-    written = write_adapters(tmp_path / "written", n=N, r=4, alpha=8)
-    for repo_id, d in zip(ids, written.dirs):
-        (tmp_path / "loras" / repo_id).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), tmp_path / "loras" / repo_id)
+    adapters_under_manifest_ids(tmp_path / "loras", N)
     _write_vit_family(tmp_path / "vits", list(load_manifest("vit")["repo_id"][:8]), "google/vit-base-patch16-224")
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(tmp_path / "loras"))
-    monkeypatch.setenv("UWS_VIT_DIR", str(tmp_path / "vits"))
-    monkeypatch.delenv("UWS_LLAMA_DIR", raising=False)
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    pm.execute_notebook(str(REPO / "notebooks" / "06_compression.ipynb"), str(tmp_path / "out.ipynb"),
-                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
-    res = json.loads((tmp_path / "results" / "06_compression.json").read_text())["results"]
+    res = run_notebook("06_compression", tmp_path, {"UWS_MISTRAL_LORA_DIR": tmp_path / "loras",
+                                                    "UWS_VIT_DIR": tmp_path / "vits", "UWS_LLAMA_DIR": None})
     assert set(res["tables"]) == {"lora", "vit"}
     vit = {row["setting"]: row for row in res["tables"]["vit"]}
     assert "acc" not in vit["k=16"] and vit["90% EV"]["ratio"] > 0        # bytes only, no quality at paper scale

@@ -5,17 +5,14 @@ transformers (a base under ``meta-llama/Meta-Llama-3-8B`` and fine-tunes = base 
 bfloat16 like the real ones) under the first unflagged entries of data_manifests/llama8b.csv, and executes the
 notebook with UWS_SCALE=paper: the same code path a reviewer with the downloads runs.
 """
-import json
 import warnings
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import tiny_causal_lm
+from conftest import run_notebook, tiny_causal_lm
 from uws_core.manifests import load_manifest
 
-REPO = Path(__file__).resolve().parent.parent
 N = 6
 
 
@@ -33,26 +30,16 @@ def _write_population(root: Path, ids: list[str]) -> None:
             model.to(torch.bfloat16).save_pretrained(root / repo_id)
 
 
-def test_notebook_03_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
-    pm = pytest.importorskip("papermill")
+def test_notebook_03_at_paper_scale_on_manifest_layout(tmp_path):
     man = load_manifest("llama8b")
     ids = list(man[man["name_flags_heuristic"] == ""]["repo_id"][:N])
-    root = tmp_path / "hub"
-    _write_population(root, ids)
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_LLAMA_DIR", str(root))
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    out = tmp_path / "out.ipynb"
-    pm.execute_notebook(str(REPO / "notebooks" / "03_llama8b_spectra.ipynb"), str(out),
-                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
-    res = json.loads((tmp_path / "results" / "03_llama8b_spectra.json").read_text())
-    assert res["scale"] == "paper"
-    r = res["results"]
+    _write_population(tmp_path / "hub", ids)
+    r = run_notebook("03_llama8b_spectra", tmp_path, {"UWS_LLAMA_DIR": tmp_path / "hub"})
     assert r["n_fit"] == N and r["n_unseen"] == 0 and r["have_base"] is True
     assert r["max_evr_gap_raw_vs_task_vectors_centred"] < 1e-9
     assert "reconstruction" not in r and "population" not in r          # no task data at paper scale
     views = {row["view"] for row in r["evr_median"]}
     assert views == {"rows", "model", "rows, uncentred", "rows, task vectors, uncentred"}
     assert {row["type"] for row in r["evr_median"]} == {"q", "k", "v", "o", "gate", "up", "down"}
-    text = out.read_text()
+    text = (tmp_path / "out.ipynb").read_text()
     assert "reconstruction accuracy is not run" in text                 # said plainly, not faked

@@ -5,35 +5,17 @@ Mistral, q/k/v) under the ids of the authors' IID test list in data_manifests/mi
 notebook with UWS_SCALE=paper: the code path a reviewer with the downloads runs. It then reads the merged adapters
 back and checks the mean merge and the subspace merge against the mean of the adapters' own updates.
 """
-import json
-import shutil
-from pathlib import Path
-
-import pytest
 import torch
 
-from conftest import write_adapters
+from conftest import adapters_under_manifest_ids, run_notebook
 from uws_core.adapters import AdapterSet
-from uws_core.manifests import load_manifest, lora_split
 
-REPO = Path(__file__).resolve().parent.parent
 N = 8
 
 
-def test_notebook_04_at_paper_scale_on_manifest_layout(tmp_path, monkeypatch):
-    pm = pytest.importorskip("papermill")
-    ids = list(lora_split(load_manifest("mistral7b_loras"), "iid_test")["repo_id"][:N])
-    written = write_adapters(tmp_path / "written", n=N, r=4, alpha=8)
-    root = tmp_path / "hub"
-    for repo_id, d in zip(ids, written.dirs):
-        (root / repo_id).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(d), root / repo_id)
-    monkeypatch.setenv("UWS_SCALE", "paper")
-    monkeypatch.setenv("UWS_MISTRAL_LORA_DIR", str(root))
-    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
-    pm.execute_notebook(str(REPO / "notebooks" / "04_merging.ipynb"), str(tmp_path / "out.ipynb"),
-                        cwd=str(REPO / "notebooks"), kernel_name="python3", progress_bar=False)
-    res = json.loads((tmp_path / "results" / "04_merging.json").read_text())["results"]
+def test_notebook_04_at_paper_scale_on_manifest_layout(tmp_path):
+    written = adapters_under_manifest_ids(tmp_path / "hub", N, split="iid_test")
+    res = run_notebook("04_merging", tmp_path, {"UWS_MISTRAL_LORA_DIR": tmp_path / "hub"})
     assert res["scale"] == "paper" and res["n_adapters"] == N and res["rank"] == N * 4
     assert "accuracy" not in res                                   # nothing is evaluated at paper scale
     assert {r["method"] for r in res["weight_stats"]} == {"mean", "task arithmetic", "TIES", "DARE", "subspace k=16",
