@@ -222,3 +222,22 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
     assert "mistral7b_loras: 1 entries" in capsys.readouterr().out  # the first entry only: present and verified
     err = fails_cmd(capsys, "download", csv, "--dest", dest, "--where", "colour=red", api=hub)
     assert "--where names column 'colour'" in err
+
+
+def test_spectra_dispatches_kohya_loras(tmp_path, capsys):
+    """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.kohya."""
+    from test_kohya import RANKS, kohya_tensors
+
+    root = tmp_path / "sdxl"
+    for i, r in enumerate(RANKS):
+        d = root / "KappaNeuro" / f"style-{i}"
+        d.mkdir(parents=True)
+        save_file(kohya_tensors(i, r, 4.0)[0], str(d / "lora.safetensors"))
+    out = tmp_path / "out"
+    assert main(["spectra", str(root), "--out", str(out)]) == 0
+    res = json.loads((out / "spectra.json").read_text())
+    assert res["kind"] == "kohya" and res["n_models"] == len(RANKS)
+    for key in res["keys"].values():
+        assert set(key["spectra"]) == {"lora_A", "lora_B", "product"} and len(set(key["ranks"])) > 1
+    err = fails_cmd(capsys, "spectrum", root, "--unfolding", "model", "--out", tmp_path / "one.json")
+    assert "uws spectra" in err

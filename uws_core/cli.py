@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from uws_core.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
 from uws_core.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
+from uws_core.kohya import find_kohya_dirs, is_kohya_lora
 from uws_core.lora import lora_factor_spectra, lora_product_spectrum
 from uws_core.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
 
@@ -71,16 +72,20 @@ def find_population(paths: list[Path | str]) -> tuple[str, list[Path], list[str]
         elif is_checkpoint_dir(p):
             kinds.add("checkpoints")
             found = [p]
+        elif is_kohya_lora(p):
+            kinds.add("kohya")
+            found = [p]
         else:
             ads, cks = find_adapter_dirs(p), find_checkpoint_dirs(p)
+            kos = [] if (ads or cks) else find_kohya_dirs(p)
             if ads and cks:
                 raise CliInputError(f"{p} holds both PEFT adapters ({ads[0]}) and checkpoints ({cks[0]}); "
                                     "pass one kind")
-            if not (ads or cks):
+            if not (ads or cks or kos):
                 raise CliInputError(f"{p} is neither a PEFT adapter directory (adapter_config.json), a "
                                     "checkpoint directory (model.safetensors[.index.json]) nor a root holding them")
-            kinds.add("adapters" if ads else "checkpoints")
-            found = ads or cks
+            kinds.add("adapters" if ads else "checkpoints" if cks else "kohya")
+            found = ads or cks or kos
             if len(paths) == 1:
                 names = [c.relative_to(p).as_posix() for c in found]
         dirs.extend(found)
@@ -141,6 +146,8 @@ def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: s
 def run_spectrum(args: argparse.Namespace) -> dict:
     """Compute the ``spectrum`` subcommand's result dictionary (no file written)."""
     kind, dirs, names = find_population(args.dirs)
+    if kind == "kohya":
+        raise CliInputError("kohya LoRAs (ranks differ per adapter): use `uws spectra DIRS --out DIR`")
     pattern = re.compile(args.keys) if args.keys else None
     if kind == "adapters":
         pop = AdapterSet.from_dirs(dirs, names=names)
@@ -249,10 +256,12 @@ DEST_ENV = {"mistral7b_loras": "UWS_MISTRAL_LORA_DIR", "vit": "UWS_VIT_DIR", "ll
 
 def run_spectra(args: argparse.Namespace) -> str:
     """``uws spectra``: stream per-key spectra into ``--out``; returns the line to print."""
+    from uws_core.kohya import KohyaLoraSet
     from uws_core.population_spectra import AdapterSet, MatrixPopulation, population_spectra
 
     kind, dirs, names = find_population(args.dirs)
     pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
+           else KohyaLoraSet.from_dirs(dirs, names=names) if kind == "kohya"
            else MatrixPopulation(dirs, names=names, strict=not args.allow_missing_keys))
     res = population_spectra(pop, args.out, args.unfolding, args.center, keys=args.keys, basis_k=args.basis_k,
                              resume=args.resume, device=args.device,

@@ -276,6 +276,14 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
     -------
     dict: the contents of ``out/spectra.json`` (settings, per-key results, computed / skipped keys).
     """
+    from uws_core.kohya import KohyaLoraSet, kohya_population_spectra
+
+    if isinstance(population, KohyaLoraSet):  # ranks differ per adapter: its own factored path
+        if basis_k:
+            raise ValueError("basis_k is available for checkpoints with the rows or cols unfolding only")
+        return kohya_population_spectra(population, out, ks=ks, thresholds=thresholds, resume=resume, keys=keys,
+                                        evr_head=evr_head, device=device, max_key_bytes=max_key_bytes,
+                                        on_key_done=on_key_done, progress=progress)
     if isinstance(population, CheckpointSet):  # its keys are already common to all models: nothing to refuse
         population = MatrixPopulation(population.dirs, names=population.names, strict=False)
     kind = "adapters" if isinstance(population, AdapterSet) else "checkpoints"
@@ -390,8 +398,11 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
 def open_population(dirs: Sequence[Path | str], names=None, strict: bool = True):
     """An AdapterSet when the directories are PEFT adapters, else a MatrixPopulation of checkpoints."""
     from uws_core.adapters import is_adapter_dir
+    from uws_core.kohya import KohyaLoraSet, is_kohya_lora
 
     dirs = [Path(d) for d in dirs]
     if all(is_adapter_dir(d) for d in dirs):
         return AdapterSet.from_dirs(dirs, names=names)
+    if all(is_kohya_lora(d) for d in dirs):
+        return KohyaLoraSet.from_dirs(dirs, names=names)
     return MatrixPopulation(dirs, names=names, strict=strict)
