@@ -166,3 +166,22 @@ def test_non_finite_refused_at_load(make_checkpoints, bad):
     cs.stack(Q1)
     with pytest.raises(CheckpointFormatError, match=f"model 'model_0': key '{K0}' in {path} holds 1 non-finite"):
         cs.stack(K0)
+
+
+def test_save_checkpoint_round_trip_keeps_progress_bars(tmp_path):
+    import transformers.utils.logging as hf_logging
+
+    from conftest import tiny_causal_lm
+    from uws_core.checkpoints import MissingCheckpointFileError, load_checkpoint_state, save_checkpoint
+
+    model = tiny_causal_lm(seed=5, arch="llama")
+    hf_logging.enable_progress_bar()
+    out = save_checkpoint(model, tmp_path / "m")
+    assert out == tmp_path / "m" and (out / "config.json").is_file()
+    assert hf_logging.is_progress_bar_enabled()                                # the caller's setting is restored
+    state = load_checkpoint_state(out)
+    assert set(state) == set(model.state_dict())                               # untied head: every tensor
+    for key, t in state.items():
+        assert torch.equal(t, model.state_dict()[key]), key
+    with pytest.raises(MissingCheckpointFileError, match="model.safetensors does not exist"):
+        load_checkpoint_state(tmp_path / "none")

@@ -12,7 +12,8 @@ models is built from N reads of one key (``stack``) or streamed (``iter_key``) i
 Pickle files (``pytorch_model.bin``) are refused: unpickling runs arbitrary code.
 
 The small safetensors helpers here (``read_safetensors_header``, ``load_tensor``) are shared
-with ``uws_core.adapters``.
+with ``uws_core.adapters``; ``save_checkpoint`` / ``load_checkpoint_state`` write and read the single-file
+checkpoints of the laptop populations (``uws_core.vit_model``, ``uws_core.llama_model``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,35 @@ def is_checkpoint_dir(directory: Path | str) -> bool:
     """True if ``directory`` holds ``model.safetensors`` or ``model.safetensors.index.json``."""
     d = Path(directory)
     return (d / SINGLE_FILE).is_file() or (d / INDEX_FILE).is_file()
+
+
+def save_checkpoint(model, directory: Path | str) -> Path:
+    """``model.save_pretrained(directory, safe_serialization=True)`` (config.json + model.safetensors), without
+    transformers' per-model progress bar (restored afterwards) or its FutureWarnings."""
+    import warnings
+
+    import transformers.utils.logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.save_pretrained(Path(directory), safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return Path(directory)
+
+
+def load_checkpoint_state(directory: Path | str) -> dict[str, torch.Tensor]:
+    """Every tensor of a single-file checkpoint (``model.safetensors``), keys and dtypes as saved."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / SINGLE_FILE
+    if not path.is_file():
+        raise MissingCheckpointFileError(f"{path} does not exist")
+    return load_file(str(path))
 
 
 def find_checkpoint_dirs(root: Path | str) -> list[Path]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from uws_core import tinylm
+from uws_core.checkpoints import load_checkpoint_state as load_state
+from uws_core.checkpoints import save_checkpoint
 from uws_core.tasks import PAD, CharTokenizer
 
 if TYPE_CHECKING:
@@ -65,30 +66,9 @@ def init_state(cfg: LlamaZooConfig, vocab_size: int, seed: int) -> dict[str, tor
 
 def save_llama(state: dict[str, torch.Tensor], directory: Path | str, cfg: LlamaZooConfig) -> Path:
     """Write one model with ``LlamaForCausalLM.save_pretrained`` (config.json + model.safetensors)."""
-    import transformers.utils.logging as hf_logging
-
     model = _hf_model(cfg, int(state["model.embed_tokens.weight"].shape[0]))
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model.save_pretrained(Path(directory), safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return Path(directory)
-
-
-def load_state(directory: Path | str) -> dict[str, torch.Tensor]:
-    """Every tensor of one saved model (saved key names, float32)."""
-    from safetensors.torch import load_file
-
-    path = Path(directory) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return load_file(str(path))
+    return save_checkpoint(model, directory)
 
 
 def _rms_norm(x, w, eps):

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from uws_core.checkpoints import load_checkpoint_state as load_state
+from uws_core.checkpoints import save_checkpoint
 from uws_core.vit_tasks import IMAGE_SIZE, parse_task, task_data
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def _checkpoint_names(config: VitZooConfig) -> tuple[tuple[str, str], ...]:
             p.copy_(torch.arange(offset, offset + p.numel(), dtype=p.dtype).reshape(p.shape))
             offset += p.numel()
     with tempfile.TemporaryDirectory() as tmp:
-        _save_pretrained(model, Path(tmp))
+        save_checkpoint(model, Path(tmp))
         saved = load_file(str(Path(tmp) / "model.safetensors"))
     by_first = {float(t.reshape(-1)[0]): k for k, t in saved.items()}
     return tuple((n, by_first[float(p.detach().reshape(-1)[0])]) for n, p in model.named_parameters())
@@ -75,18 +77,6 @@ def _hf_model(config: VitZooConfig, num_labels: int, seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return ViTForImageClassification(vit_config(config, num_labels)).eval()
-
-
-def _save_pretrained(model, directory: Path) -> None:
-    import transformers.utils.logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per model
-    try:
-        model.save_pretrained(directory, safe_serialization=True)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def init_state(config: VitZooConfig, num_labels: int, seed: int) -> dict[str, torch.Tensor]:
@@ -107,18 +97,7 @@ def save_vit(state: dict[str, torch.Tensor], directory: Path | str, config: VitZ
     if missing:
         raise KeyError(f"state for {directory} lacks keys {sorted(missing)[:3]}")
     model.load_state_dict({n: state[k].to(torch.float32) for n, k in names.items()}, strict=True)
-    _save_pretrained(model, Path(directory))
-    return Path(directory)
-
-
-def load_state(directory: Path | str) -> dict[str, torch.Tensor]:
-    """All tensors of one saved model (saved key names, float32)."""
-    from safetensors.torch import load_file
-
-    path = Path(directory) / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return load_file(str(path))
+    return save_checkpoint(model, directory)
 
 
 @contextmanager
