@@ -215,37 +215,6 @@ def test_functional_forward_equals_a_loop_over_runs():
         torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-6)
 
 
-def test_vit_split_and_accuracy_agree_with_the_population_evaluator():
-    from uws_core.vit_model import evaluate_states, init_state
-    from uws_core.vit_zoo import VitZooConfig
-
-    cfg = VitZooConfig.tiny()
-    tasks = ["3v8", "low5+rot90"]
-    splits = [ad.vit_split(t, cfg) for t in tasks]
-    again = ad.vit_split(tasks[0], cfg)
-    for name in ("train", "val", "test"):
-        np.testing.assert_array_equal(again[name][1], splits[0][name][1])
-    n_tr, n_va = len(splits[0]["train"][1]), len(splits[0]["val"][1])
-    assert abs(n_va - 0.2 * (n_tr + n_va)) <= 1
-    tr, va = splits[0]["train"][0].reshape(n_tr, -1), splits[0]["val"][0].reshape(n_va, -1)
-    assert not (tr[:, None] == va[None]).all(-1).any()                   # val images are not train images
-    states = [init_state(cfg, 2, 1), init_state(cfg, 5, 2)]
-    adapter = ad.Adapter(states[1], n_runs=2)
-    head = torch.zeros(2, 5, cfg.hidden_size)
-    head[0, :2], head[1] = states[0]["classifier.weight"], states[1]["classifier.weight"]
-    bias = torch.zeros(2, 5)
-    bias[0, :2], bias[1] = states[0]["classifier.bias"], states[1]["classifier.bias"]
-    adapter.add_trainable("classifier.weight", head)
-    adapter.add_trainable("classifier.bias", bias)
-    acc = ad.vit_accuracy(adapter.weights(), splits, "test", [2, 5], cfg, chunk=50)
-    shared = {k: v for k, v in states[1].items() if not k.startswith("classifier.")}
-    ref = evaluate_states([{**shared, **{k: v for k, v in s.items() if k.startswith("classifier.")}} for s in states],
-                          tasks, cfg, "test")
-    np.testing.assert_allclose(acc, ref, rtol=0, atol=1e-12)
-    loss = ad.vit_loss_fn(splits, [2, 5], seeds=[0, 1], batch_size=8, steps=3, config=cfg)(adapter.weights(), 0)
-    assert loss.shape == (2,) and bool(torch.isfinite(loss).all())
-
-
 def test_notebook_05_at_paper_scale_builds_bases_and_counts_only(tmp_path):
     """At paper scale the notebook builds the frozen bases from checkpoints under manifest hub ids, reports the
     trainable counts and trains nothing (no data sets for the public ViTs)."""

@@ -25,12 +25,9 @@ trajectory it would follow alone (up to float round-off). The model is any funct
 dict: :func:`uws_core.vit_model.vit_logits` for the ViT (batched natively), or a ``torch.nn.Module`` through
 :func:`functional_forward` (``torch.func.functional_call`` under ``torch.func.vmap``) for the tiny Mistral.
 
-Helpers for the two laptop populations: :func:`vit_split` (a fixed validation subset of a ViT task's train
-split), :func:`vit_loss_fn`, :func:`vit_accuracy`; :func:`lm_loss_fn` (and
-:func:`uws_core.peft_state.dense_lora_state` to evaluate a dense update with
-:meth:`uws_core.lora_zoo.LoraPopulation.evaluate`); :func:`task_vector_basis` and
-:func:`random_basis` for the frozen bases; :func:`sweep_then_seeds`, the protocol (learning rate chosen on
-validation with one seed, then every seed at that rate).
+:func:`task_vector_basis` and :func:`random_basis` give the frozen bases; :func:`sweep_then_seeds` is the
+protocol (learning rate chosen on validation with one seed, then every seed at that rate). The data, losses
+and accuracies of runs on the two laptop populations are in :mod:`uws_core.adaptation_tasks`.
 """
 
 from __future__ import annotations
@@ -39,14 +36,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from uws_core.spectral import stack_spectrum
 from uws_core.subspace import random_orthonormal_basis
 
 __all__ = ["UNFOLDINGS", "subspace_update", "lora_update", "Adapter", "lr_factor", "fit_runs", "functional_forward",
-           "task_vector_basis", "random_basis", "trainable_parameter_count", "lm_loss_fn", "vit_split", "class_mask",
-           "vit_loss_fn", "vit_accuracy", "sweep_then_seeds"]
+           "task_vector_basis", "random_basis", "trainable_parameter_count", "sweep_then_seeds"]
 
 UNFOLDINGS = ("rows", "cols", "model")
 
@@ -313,103 +308,6 @@ def trainable_parameter_count(method: str, shapes: dict, k: int = 0, unfolding: 
     if method not in per or unfolding not in UNFOLDINGS:
         raise ValueError(f"unknown method {method!r} or unfolding {unfolding!r}; methods: {sorted(per)}")
     return int(sum(per[method](int(o), int(i)) for o, i in shapes.values()))
-
-
-# ------------------------------------------------------------------------------------------ LoRA populations
-
-def lm_loss_fn(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, seeds, batch_size: int):
-    """Per-run loss for :func:`fit_runs` on a causal LM: run g's mean answer NLL
-    (:func:`uws_core.tinylm.answer_nll`) on ``batch_size`` of its own examples ``ids[g]`` (G, n, T) / ``mask``,
-    drawn without replacement from ``np.random.default_rng(seeds[g])`` at every step."""
-    from uws_core.tinylm import answer_nll
-
-    g, n = ids.shape[:2]
-    rngs = [np.random.default_rng(int(s)) for s in seeds]
-    rows = torch.arange(g)[:, None]
-
-    def loss_fn(weights, step):
-        pick = torch.from_numpy(np.stack([r.choice(n, batch_size, replace=False) for r in rngs]))  # (G, B)
-        b_ids, b_mask = ids[rows, pick], mask[rows, pick]                                           # (G, B, T)
-        t = int((b_ids != 0).sum(-1).max())                                 # pad id 0: trim to the longest
-        logits = functional_forward(module, weights, b_ids[..., :t], output=lambda o: o.logits,
-                                    kwargs={"use_cache": False})                              # (G, B, t, V)
-        return torch.stack([answer_nll(logits[i], b_ids[i, :, :t], b_mask[i, :, :t]).mean() for i in range(g)])
-
-    return loss_fn
-
-
-# ------------------------------------------------------------------------------------------ ViT tasks
-
-def vit_split(task: str, config, val_fraction: float = 0.2, n_train: int | None = None) -> dict:
-    """Train / val / test images (n, 8, 8) and labels of one ViT task. ``val`` is a fixed subset of the train
-    split (the ViT tasks have only train / test): a permutation seeded by the task name, its first
-    ``round(val_fraction * n)`` examples; ``train`` is the rest (its first ``n_train`` when given)."""
-    from uws_core.vit_tasks import stable_seed, task_data
-
-    x, y = task_data(task, "train", config.test_fraction, config.split_seed)
-    perm = np.random.default_rng(stable_seed(task, "adaptation-val")).permutation(len(y))
-    n_val = int(round(val_fraction * len(y)))
-    tr = np.sort(perm[n_val:][:n_train])
-    va = np.sort(perm[:n_val])
-    if len(tr) == 0 or len(va) == 0:
-        raise ValueError(f"task {task!r}: {len(tr)} train / {len(va)} val examples after the split")
-    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]),
-            "test": task_data(task, "test", config.test_fraction, config.split_seed)}
-
-
-def _padded(arrays, fill):
-    out = np.full((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
-    for i, a in enumerate(arrays):
-        out[i, :len(a)] = a
-    return torch.from_numpy(out)
-
-
-def class_mask(n_classes, n_labels: int) -> torch.Tensor:
-    """(G, 1, n_labels): 0 on a run's own classes, -inf on the padded head rows."""
-    m = torch.full((len(n_classes), 1, n_labels), float("-inf"))
-    for i, c in enumerate(n_classes):
-        m[i, :, :int(c)] = 0.0
-    return m
-
-
-def vit_loss_fn(splits: list[dict], n_classes, seeds, batch_size: int, steps: int, config):
-    """Per-run loss for :func:`fit_runs` on the ViT: cross-entropy of run g on ``batch_size`` examples of
-    ``splits[g]["train"]`` per step, from shuffled epochs seeded by ``seeds[g]``."""
-    from uws_core.vit_model import vit_logits
-
-    xs = _padded([s["train"][0] for s in splits], 0.0)                                    # (G, n, 8, 8)
-    ys = _padded([s["train"][1] for s in splits], 0)                                      # (G, n)
-    order = []
-    for s, seed in zip(splits, seeds):
-        n, rng = len(s["train"][1]), np.random.default_rng(int(seed))
-        reps = int(math.ceil(steps * batch_size / n))
-        order.append(np.concatenate([rng.permutation(n) for _ in range(reps)])[:steps * batch_size])
-    order = torch.from_numpy(np.stack(order).reshape(len(splits), steps, batch_size))   # (G, steps, B)
-    rows = torch.arange(len(splits))[:, None]
-
-    def loss_fn(weights, step):
-        idx = order[:, step]                                                               # (G, B)
-        mask = class_mask(n_classes, weights["classifier.weight"].shape[1])                # padded head rows
-        logits = vit_logits(weights, xs[rows, idx], config) + mask                         # (G, B, L)
-        return F.cross_entropy(logits.transpose(1, 2), ys[rows, idx], reduction="none").mean(1)
-
-    return loss_fn
-
-
-@torch.no_grad()
-def vit_accuracy(weights: dict[str, torch.Tensor], splits: list[dict], split: str, n_classes, config,
-                 chunk: int = 256) -> np.ndarray:
-    """Accuracy (G,) of run g's weights on ``splits[g][split]``, ``chunk`` examples per forward."""
-    from uws_core.vit_model import vit_logits
-
-    xs = _padded([s[split][0] for s in splits], 0.0)
-    ys = _padded([s[split][1] for s in splits], -1)                                       # -1: padding, never right
-    mask = class_mask(n_classes, weights["classifier.weight"].shape[1])
-    correct = torch.zeros(len(splits), dtype=torch.float64)
-    for i in range(0, xs.shape[1], chunk):
-        pred = (vit_logits(weights, xs[:, i:i + chunk], config) + mask).argmax(-1)
-        correct += (pred == ys[:, i:i + chunk]).sum(1).double()
-    return (correct / torch.tensor([len(s[split][1]) for s in splits], dtype=torch.float64)).numpy()
 
 
 # ------------------------------------------------------------------------------------------ protocol

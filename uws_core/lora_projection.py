@@ -23,9 +23,9 @@ Leave-one-out is exact: the product recipe computes the N x N Gram once per modu
 adapter on the Gram's submatrix of the others; the factor recipe refits its SVD on the others' factors.
 The held-out adapter never enters its own basis or mean.
 
-For the laptop population, :func:`loo_reconstruction_accuracy` gives per-task accuracies of the
-reconstructed adapters (what notebooks 08 and the compression notebook read); :func:`loo_relative_errors`
-gives the weight-space reconstruction error at any scale.
+:func:`loo_relative_errors` gives the weight-space reconstruction error at any scale; for the laptop
+population, :func:`uws_core.lora_loo_accuracy.loo_reconstruction_accuracy` gives per-task accuracies of the
+reconstructed adapters (what notebook 08 reads).
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ from uws_core.subspace import eigh_descending, model_axis_eigen
 
 __all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "LoraStack",
            "fit_factor_basis", "project_factors", "ProductLeaveOneOut", "loo_reconstructions",
-           "mean_of_others", "loo_relative_errors", "loo_reconstruction_accuracy", "bootstrap_mean_ci",
-           "REPLICATION_BASIS_ONLY"]
+           "mean_of_others", "loo_relative_errors", "REPLICATION_BASIS_ONLY"]
 
 RECIPES = ("factors", "product")
 #: Control: the factor recipe with random orthonormal bases of the same sizes (seeded per held-out adapter
@@ -316,10 +315,16 @@ def _loo_reconstructions(stack, heldout, ks, recipes, add_means, device):
     return {key: (join_lora_state(pairs, ACCUM_DTYPE), k_eff) for key, (pairs, k_eff) in out.items()}
 
 
-def mean_of_others(stack: LoraStack, j: int) -> dict[str, torch.Tensor]:
-    """PEFT-keyed state of ``M = mean_{i != j} s_i B_i A_i`` in adapter j's scaling (an exact compact pair)."""
+def mean_of_others(stack: LoraStack, j: int, num_threads: int | None = None) -> dict[str, torch.Tensor]:
+    """PEFT-keyed state of ``M = mean_{i != j} s_i B_i A_i`` in adapter j's scaling (an exact compact pair),
+    computed on ``num_threads`` torch threads (None: unchanged)."""
     if not 0 <= j < len(stack):
         raise IndexError(f"held-out index {j} outside 0..{len(stack) - 1}")
+    with _threads(num_threads):
+        return _mean_of_others(stack, j)
+
+
+def _mean_of_others(stack, j):
     idx = _others(len(stack), j)
     w = torch.as_tensor(stack.scalings[idx] / (len(idx) * stack.scalings[j]))
     pairs = {}
@@ -399,60 +404,3 @@ def _check_args(stack, heldout, ks, recipes):
     for j in heldout:
         if not 0 <= j < len(stack):
             raise IndexError(f"held-out index {j} outside 0..{len(stack) - 1}")
-
-
-# ------------------------------------------------------------------------------------------ functional
-def loo_reconstruction_accuracy(pop, ks: Sequence[int] = K_GRID, recipes: Sequence[str] = RECIPES,
-                                add_means: Sequence[bool] = (False, True), tasks: Sequence[str] | None = None,
-                                split: str = "test", baselines: bool = True) -> pd.DataFrame:
-    """Per-task accuracy of leave-one-out reconstructed adapters of a :class:`uws_core.lora_zoo.LoraPopulation`.
-
-    For each task (default: all, in records order) its adapter is held out, the subspace is fitted on the
-    other adapters and the adapter's reconstruction (each recipe, with / without mean, each k) is evaluated on
-    the task's ``split`` with ``pop.evaluate``. With ``baselines`` the base model, the task's own adapter and
-    the mean of the other adapters are evaluated too.
-
-    Returns a long DataFrame: task, adapter, method ("base", "own", "mean_of_others", "reconstruction"),
-    recipe, add_mean, k, k_eff, accuracy (recipe/add_mean/k are "-"/False/-1 for the baselines). Projections
-    run with the population's ``num_threads``. Cost: one ``pop.evaluate`` (about 20 ms of CPU on the laptop
-    population) per row, plus about 10 s of CPU for all 72 leave-one-out fits.
-
-    Example: accuracy of "mean + top-16 B@A projection" per task::
-
-        df = loo_reconstruction_accuracy(pop, ks=(16,), recipes=("product",), add_means=(True,), baselines=False)
-    """
-    records = pop.records.reset_index(drop=True)
-    stack = LoraStack.from_states([pop.adapter_state(a) for a in records["adapter"]], list(records["adapter"]),
-                                  scaling=pop.scaling)
-    chosen = list(records["task"]) if tasks is None else list(tasks)
-    missing = [t for t in chosen if t not in set(records["task"])]
-    if missing:
-        raise KeyError(f"population has no adapter for task {missing[0]!r}")
-    heldout = [int(records.index[records["task"] == t][0]) for t in chosen]
-    threads = pop.config.num_threads
-    recon = loo_reconstructions(stack, heldout, ks, recipes, add_means, num_threads=threads)
-    rows = []
-    for j in heldout:
-        task, name = records.at[j, "task"], records.at[j, "adapter"]
-        if baselines:
-            with _threads(threads):
-                mean_state = mean_of_others(stack, j)
-            for method, state in (("base", None), ("own", pop.adapter_state(name)), ("mean_of_others", mean_state)):
-                rows.append(dict(task=task, adapter=name, method=method, recipe="-", add_mean=False, k=-1, k_eff=-1,
-                                 accuracy=pop.evaluate(task, state, split=split)))
-        for (jj, recipe, add_mean, k), (state, k_eff) in recon.items():
-            if jj == j:
-                rows.append(dict(task=task, adapter=name, method="reconstruction", recipe=recipe, add_mean=add_mean,
-                                 k=k, k_eff=k_eff, accuracy=pop.evaluate(task, state, split=split)))
-    return pd.DataFrame(rows)
-
-
-def bootstrap_mean_ci(x, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``x`` (one value per task) and its percentile bootstrap interval over tasks."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
-        raise ValueError(f"need a non-empty 1-D finite array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean()), float(lo), float(hi)
