@@ -13,7 +13,6 @@ makes the kernels deterministic, so a build gives the same bits on any machine.
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from uws_core import tinylm
 from uws_core.checkpoints import load_checkpoint_state as load_state
 from uws_core.checkpoints import save_checkpoint
+from uws_core.lr_schedule import warmup_cosine
 from uws_core.tasks import PAD, CharTokenizer
 
 if TYPE_CHECKING:
@@ -149,16 +149,6 @@ def _encode_sets(example_sets: list[list], tok: CharTokenizer) -> tuple[torch.Te
     return ids, mask, valid
 
 
-def _lr_at(step: int, total: int, lr: float, warmup_frac: float) -> float:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0; 0 once ``total`` is done."""
-    if step >= total:
-        return 0.0
-    warm = max(1, int(math.ceil(warmup_frac * total)))
-    if step < warm:
-        return lr * (step + 1) / warm
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, steps, seeds, cfg: LlamaZooConfig,
                  tok: CharTokenizer | None = None) -> tuple[list[dict], np.ndarray]:
     """Fully fine-tune G copies of ``base``, model i on ``train_sets[i]``, all in one batched forward per step.
@@ -199,7 +189,7 @@ def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, ste
         for p in params.values():
             p.grad = None
         nll.sum().backward()
-        lr = torch.tensor([_lr_at(step, s, lr_i, cfg.warmup_frac) for s, lr_i in zip(steps, lrs)])
+        lr = torch.tensor([warmup_cosine(step, s, lr_i, cfg.warmup_frac) for s, lr_i in zip(steps, lrs)])
         with torch.no_grad():
             for k, p in params.items():
                 if p.grad is None:

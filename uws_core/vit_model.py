@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from uws_core.checkpoints import load_checkpoint_state as load_state
 from uws_core.checkpoints import save_checkpoint
+from uws_core.lr_schedule import warmup_cosine
 from uws_core.vit_tasks import IMAGE_SIZE, parse_task, task_data
 
 if TYPE_CHECKING:
@@ -196,16 +197,6 @@ def _class_mask(n_classes: list[int], n_labels: int) -> torch.Tensor:
     return m
 
 
-def _lr_at(step: int, total: int, lr: float, warmup_frac: float) -> float:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0; 0 once ``total`` is done."""
-    if step >= total:
-        return 0.0
-    warm = max(1, int(math.ceil(warmup_frac * total)))
-    if step < warm:
-        return lr * (step + 1) / warm
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 def train_models(states: list[dict], tasks: list[str], lrs, epochs, weight_decays, seeds,
                  config: VitZooConfig) -> tuple[list[dict], list[float]]:
     """Train G models at once with AdamW, each on its own task's train split and hyperparameters.
@@ -249,7 +240,7 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config):
         for k in params:
             params[k].grad = None
         per_model.sum().backward()
-        lr = torch.tensor([_lr_at(step, s, l, config.warmup_frac) for s, l in zip(steps, lrs)])
+        lr = torch.tensor([warmup_cosine(step, s, l, config.warmup_frac) for s, l in zip(steps, lrs)])
         with torch.no_grad():
             for k, p in params.items():
                 shape = (g,) + (1,) * (p.ndim - 1)
