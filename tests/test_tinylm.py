@@ -86,8 +86,11 @@ def test_merge_rejects_bad_keys_and_shapes(base_and_ids):
     key = "base_model.model.model.layers.0.self_attn.k_proj.lora_"
     with pytest.raises(ValueError, match="k_proj"):
         merge_lora_state(model, {key + "A.weight": torch.zeros(2, 32), key + "B.weight": torch.zeros(32, 2)}, 1.0)
-    with pytest.raises(KeyError, match="need lora_A and lora_B"):
+    with pytest.raises(KeyError, match="no matching lora_B"):
         merge_lora_state(model, {key + "A.weight": torch.zeros(2, 32)}, 1.0)
+    with pytest.raises(KeyError, match="model.layers.9.self_attn.k_proj"):       # not a module of the base
+        other = "base_model.model.model.layers.9.self_attn.k_proj.lora_"
+        merge_lora_state(model, {other + "A.weight": torch.zeros(2, 32), other + "B.weight": torch.zeros(32, 2)}, 1.0)
 
 
 def test_encode_masks_answer_and_eos():

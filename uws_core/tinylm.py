@@ -181,26 +181,23 @@ class MultiLora:
 
 
 def merge_lora_state(model, state: dict[str, torch.Tensor], scaling: float) -> None:
-    """Add ``scaling * B @ A`` of a PEFT-keyed LoRA state (any rank) into ``model``'s weights, in place."""
+    """Add ``scaling * B @ A`` of a PEFT-keyed LoRA state (any rank) into ``model``'s weights, in place.
+
+    Keys are parsed by :func:`uws_core.peft_state.split_lora_state` (errors name the key); every module must
+    carry PEFT's prefix and be a module of ``model`` whose weight the product fits."""
+    from .peft_state import split_lora_state
+
     modules = dict(model.named_modules())
-    pairs = {}
-    for key, t in state.items():
-        for f in ("A", "B"):
-            suffix = f".lora_{f}.weight"
-            if key.startswith(PEFT_PREFIX) and key.endswith(suffix):
-                pairs.setdefault(key[len(PEFT_PREFIX):-len(suffix)], {})[f] = t
-                break
-        else:
-            raise KeyError(f"LoRA state key {key!r} is not of the form "
-                           f"'{PEFT_PREFIX}<module>.lora_A.weight' / '.lora_B.weight'")
+    pairs = split_lora_state(state, name="LoRA state")
     with torch.no_grad():
-        for name, ab in pairs.items():
-            if set(ab) != {"A", "B"} or name not in modules:
-                raise KeyError(f"LoRA state for module {name!r}: need lora_A and lora_B of a module of the base")
+        for module, (b, a) in pairs.items():
+            name = module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else None
+            if name not in modules:
+                raise KeyError(f"LoRA state for module {module!r}: not '{PEFT_PREFIX}<module of the base>'")
             w = modules[name].weight  # (d_out, d_in)
-            b, a = ab["B"].to(torch.float64), ab["A"].to(torch.float64)  # (d_out, r), (r, d_in)
-            if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1] or b.shape[1] != a.shape[0]:
-                raise ValueError(f"LoRA state for {name!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} "
+            b, a = b.to(torch.float64), a.to(torch.float64)  # (d_out, r), (r, d_in)
+            if b.shape[0] != w.shape[0] or a.shape[1] != w.shape[1]:
+                raise ValueError(f"LoRA state for {module!r}: B {tuple(b.shape)} @ A {tuple(a.shape)} "
                                  f"does not fit weight {tuple(w.shape)}")
             w.copy_((w.to(torch.float64) + scaling * b @ a).to(w.dtype))
 
