@@ -48,7 +48,7 @@ from uws_core.checkpoints import (WeightFormatError, load_tensor, natural_key, r
 from uws_core.device import ACCUM_DTYPE, pick_device
 from uws_core.population_spectra import (FORMAT, FORMAT_VERSION, _prepare_out, _write_json_atomic, key_filename,
                                          summarize)
-from uws_core.spectral import Spectrum
+from uws_core.spectral import RowScatter, Spectrum
 from uws_core.subspace import eigh_descending, model_axis_eigen, resolve_k
 
 log = logging.getLogger(__name__)
@@ -278,42 +278,33 @@ class KohyaLoraSet:
 class StackedRowSpectrum:
     """Spectrum of row blocks of varying height stacked, ``(sum_i m_i, d)``, centred by the mean row.
 
-    Keeps a float64 Gram (d, d) of the centred stack and the running mean row, updated per block with Chan
-    et al.'s pairwise formula (no cancellation of ``sum X^T X - n m m^T``). Memory: ``8 d^2`` plus ``16 d^2``
+    The accumulation is :class:`uws_core.spectral.RowScatter` ("samples": float64 Gram (d, d) of the centred
+    stack and the running mean row, Chan et al.'s pairwise update per block of any height). Memory: ``8 d^2`` plus ``16 d^2``
     of eigensolver workspace in :meth:`finalize`. The result equals a dense SVD of the centred stack.
     """
 
     def __init__(self, d: int, device=None, key=None, matrix_side: str = "rows"):
         self.device, self.key, self.side = pick_device(device), key, matrix_side
-        self.gram = torch.zeros(d, d, dtype=ACCUM_DTYPE, device=self.device)
-        self.mean = torch.zeros(d, dtype=ACCUM_DTYPE, device=self.device)
-        self.n_rows, self.n_blocks = 0, 0
+        self.scatter = RowScatter(None, d, "samples", self.device)   # blocks of any height
 
     def add(self, x: torch.Tensor) -> None:
         """Add one block of rows ``(m, d)``."""
-        x = x.to(self.device, ACCUM_DTYPE)
-        m, n_a = x.shape[0], self.n_rows
-        mb = x.mean(dim=0)
-        xb = x - mb
-        delta = mb - self.mean
-        self.gram.addmm_(xb.T, xb)
-        self.gram.add_(torch.outer(delta, delta), alpha=n_a * m / (n_a + m))
-        self.mean.add_(delta, alpha=m / (n_a + m))
-        self.n_rows, self.n_blocks = n_a + m, self.n_blocks + 1
+        self.scatter.add(x.to(self.device, ACCUM_DTYPE))
 
     def finalize(self, k: int | None = 0) -> Spectrum:
         """Squared singular values of the centred stack (and its top-k right singular vectors)."""
-        if self.n_blocks == 0:
+        sc = self.scatter
+        if sc.n == 0:
             raise ValueError(f"no adapters were added (key {self.key!r})")
-        d = self.gram.shape[0]
-        n_comp = min(self.n_rows, d)
-        vals, vecs = eigh_descending(self.gram, resolve_k(k, n_comp))
+        d = sc.gram.shape[0]
+        n_comp = min(sc.n_rows, d)
+        vals, vecs = eigh_descending(sc.gram, resolve_k(k, n_comp))
         rows = self.side == "rows"  # A: rows in R^{d_in}; B: columns in R^{d_out}
-        return Spectrum(variances=vals[:n_comp], total_variance=float(torch.trace(self.gram)),
+        return Spectrum(variances=vals[:n_comp], total_variance=float(torch.trace(sc.gram)),
                         basis=None if vecs is None else vecs.cpu(),
-                        mean=(self.mean.unsqueeze(0) if rows else self.mean.unsqueeze(1)).cpu(),
-                        unfolding="rows" if rows else "cols", center="samples", n_models=self.n_blocks,
-                        matrix_shape=(self.n_rows, d) if rows else (d, self.n_rows))
+                        mean=(sc.mean.unsqueeze(0) if rows else sc.mean.unsqueeze(1)).cpu(),
+                        unfolding="rows" if rows else "cols", center="samples", n_models=sc.n,
+                        matrix_shape=(sc.n_rows, d) if rows else (d, sc.n_rows))
 
 
 class FactoredProductGram:

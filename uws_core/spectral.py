@@ -231,15 +231,17 @@ def stack_spectrum(stack, unfolding: str = "rows", center: str = "models", k: in
                     n_models=n, matrix_shape=(d_out, d_in))
 
 
-class _RowScatter:
-    """Centred row scatter ``X^T X`` of a stream of row blocks (d_rows, d_feat), float64.
+class RowScatter:
+    """Centred row scatter ``X^T X`` of a stream of row blocks (d_rows, d_feat), float64 (``n`` blocks, ``n_rows`` rows).
 
     "models" keeps a running mean matrix (d_rows, d_feat), "samples" a running mean row; both are updated
     with Chan et al.'s pairwise formula, which avoids the cancellation of ``sum X^T X - N M^T M``.
     """
 
-    def __init__(self, d_rows: int, d_feat: int, center: str, device):
-        self.center, self.n, self.d_rows = center, 0, d_rows
+    def __init__(self, d_rows: int | None, d_feat: int, center: str, device):
+        # d_rows: rows per block; only "models" needs it fixed (its mean is a matrix); "samples" and "none"
+        # take blocks of any height (kohya LoRAs: one block of r_i rows per adapter, r_i varying)
+        self.center, self.n, self.n_rows, self.d_rows = center, 0, 0, d_rows
         self.gram = torch.zeros(d_feat, d_feat, dtype=ACCUM_DTYPE, device=device)
         self.mean = None
         if center == "models":
@@ -255,7 +257,7 @@ class _RowScatter:
             self.gram.addmm_(delta.T, delta, alpha=self.n / (self.n + 1))
             self.mean.add_(delta, alpha=1.0 / (self.n + 1))
         else:
-            n_a, n_b = self.n * self.d_rows, self.d_rows
+            n_a, n_b = self.n_rows, x.shape[0]
             mb = x.mean(dim=0)
             xb = x - mb
             delta = mb - self.mean
@@ -263,6 +265,7 @@ class _RowScatter:
             self.gram.add_(torch.outer(delta, delta), alpha=n_a * n_b / (n_a + n_b))
             self.mean.add_(delta, alpha=n_b / (n_a + n_b))
         self.n += 1
+        self.n_rows += x.shape[0]
 
 
 class StreamingSpectrum:
@@ -295,9 +298,9 @@ class StreamingSpectrum:
         self.device, self.key, self.n = pick_device(device), key, 0
         d_out, d_in = self.shape
         if unfolding == "rows":
-            self._scatter = _RowScatter(d_out, d_in, center, self.device)
+            self._scatter = RowScatter(d_out, d_in, center, self.device)
         elif unfolding == "cols":
-            self._scatter = _RowScatter(d_in, d_out, center, self.device)
+            self._scatter = RowScatter(d_in, d_out, center, self.device)
         else:
             self._gram = ChunkedGram(_dense_prepare, _dense_inner, chunk=chunk, device=self.device)
             self._sum = torch.zeros(d_out * d_in, dtype=ACCUM_DTYPE, device=self.device)
