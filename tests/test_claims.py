@@ -152,3 +152,23 @@ def test_lora_loo_verdict(tmp_path, kept, expected):
         "paired_differences_pct": [{"comparison": "B@A: mean + proj - mean only", "k": 16, "diff": 3.8, "lo": 2.1, "hi": 5.4}],
         "verdict": {"share of own gain kept, B@A mean+proj k=16": kept[0], "share of own gain kept, factors k=16": kept[1]}})
     assert claims.lora_loo(claims.load_all(tmp_path)).verdict == expected
+
+
+@pytest.mark.parametrize("seed_excess,expected", [((0.2, 0.3, 0.15), "holds"), ((0.01, 0.02, 0.0), "fails"),
+                                                   ((0.2, 0.01, 0.2), "seed-dependent")])
+def test_verdict_must_hold_for_every_seed(tmp_path, seed_excess, expected):
+    res = _lora(seed_excess[0])
+    res["seeds"] = {str(s): {k: _lora(e)[k] for k in ("verdict_k16", "median_top_evr")}
+                    for s, e in enumerate(seed_excess)}
+    _write(tmp_path, "01_mistral7b_lora_spectra", res)
+    c = claims.claim_over_seeds(claims.lora_spectra, claims.load_all(tmp_path))
+    assert c.verdict == expected
+    assert c.ours.count("seed") == 1 and "0 " in c.ours.split("per seed:")[1]
+    row = next(r for r in claims.ledger(claims.load_all(tmp_path)) if r.source.startswith("01"))
+    assert row.verdict == expected
+
+
+def test_claims_without_seeds_are_unchanged(tmp_path):
+    _write(tmp_path, "01_mistral7b_lora_spectra", _lora(0.01))
+    c = claims.claim_over_seeds(claims.lora_spectra, claims.load_all(tmp_path))
+    assert c.verdict == "fails" and "per seed" not in c.ours

@@ -9,3 +9,9 @@ LoRA population), ``manifests`` (paper-scale model lists), ``plots``, ``results`
 """
 
 __version__ = "0.1.0"
+
+# Pin torch's / MKL's / oneDNN's CPU kernels before anything imports torch (uws_core.numerics): the same
+# bits on every x86-64 CPU with AVX2. UWS_NATIVE_KERNELS=1 opts out.
+from uws_core.numerics import pin_environment as _pin_environment
+
+_pin_environment()

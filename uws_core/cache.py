@@ -43,14 +43,18 @@ def default_cache_dir() -> Path:
 
 
 def config_digest(config: dict, format_version: int) -> str:
-    """12 hex digits of sha256 over the config, the format version and the torch / transformers versions.
+    """12 hex digits of sha256 over the config, the format version, the torch / transformers versions and
+    the numerical environment (:func:`uws_core.numerics.profile`).
 
-    A new initialiser or kernel in another torch gives other weights, so it gets another directory.
+    A new initialiser or kernel in another torch, or other CPU kernels, give other weights, so they get
+    another directory.
     """
     import torch
     import transformers
 
-    blob = json.dumps({"format": format_version, "torch": torch.__version__,
+    from uws_core.numerics import profile
+
+    blob = json.dumps({"format": format_version, "torch": torch.__version__, "numerics": profile(),
                        "transformers": transformers.__version__, **config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -72,16 +76,21 @@ def write_manifest(root: Path, format_version: int, info: dict | None = None) ->
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
 
 
+def read_json_mapping(path: Path | str, field: str, error: type[Exception] = ValueError, what: str = "file") -> dict:
+    """The JSON object in ``path`` whose ``field`` is a mapping; else ``error`` naming the file and the cause."""
+    try:
+        data = json.loads(Path(path).read_text())
+        data[field].items()
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
+        raise error(f"{path}: unreadable {what} ({err!r})") from None
+    return data
+
+
 def _read_manifest(root: Path) -> dict:
     marker = Path(root) / MANIFEST
     if not marker.is_file():
         raise CacheError(f"{root}: no {MANIFEST} (missing or partially written)")
-    try:
-        manifest = json.loads(marker.read_text())
-        manifest["files"].items()
-    except (ValueError, KeyError, AttributeError, TypeError) as err:
-        raise CacheError(f"{marker}: unreadable manifest ({err!r})") from None
-    return manifest
+    return read_json_mapping(marker, "files", CacheError, "manifest")
 
 
 def verify_cache_dir(root: Path | str, format_version: int | None = None) -> None:

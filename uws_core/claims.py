@@ -6,7 +6,8 @@ come from :mod:`uws_core.published`. A claim whose notebook has not run is "not 
 not test at its scale (e.g. task accuracy of Mistral-7B without its data) is "not tested at this scale".
 ``python -m uws_core.claims`` writes ``results/CLAIMS.md``; ``make reproduce`` ends with it.
 
-Verdicts are "holds" or "fails" against the criterion written in the row, at the scale of the run that
+Verdicts are "holds" or "fails" against the criterion written in the row, on every seed the notebook
+computed ("seed-dependent" when the seeds disagree: :func:`claim_over_seeds`), at the scale of the run that
 produced the numbers (laptop-scale populations are small analogues of the paper's, so a laptop verdict is
 evidence about the method, not about Mistral-7B or ViT-B).
 """
@@ -298,9 +299,34 @@ CLAIMS: list[Callable[[dict], Claim]] = [lora_spectra, vit_spectra, llama_spectr
                                          lora_shared_init]
 
 
+def _with_seed(R: dict, stem: str, payload: dict) -> dict:
+    """``R`` with the results of ``stem`` overlaid by one seed's payload (the keys that seed recomputed)."""
+    entry = dict(R[stem])
+    entry["results"] = {**entry["results"], **payload, "seeds": {}}
+    return {**R, stem: entry}
+
+
+def claim_over_seeds(fn: Callable[[dict], Claim], R: dict) -> Claim:
+    """``fn``'s claim, its criterion evaluated on every seed of its notebook's ``results["seeds"]``
+    (:mod:`uws_core.seeds`): the verdict is the common one, or "seed-dependent" when the seeds disagree;
+    ``ours`` keeps seed 0's numbers and says how many seeds agree. Claims without seeds are unchanged."""
+    from .seeds import verdict_over_seeds
+
+    claim = fn(R)
+    r = _res(R, claim.source)
+    seeds = (r or {}).get("seeds") or {}
+    if not seeds or claim.verdict in (NOT_RUN, NOT_TESTED):
+        return claim
+    per_seed = {s: fn(_with_seed(R, claim.source, payload)).verdict for s, payload in sorted(seeds.items())}
+    claim.verdict = verdict_over_seeds(per_seed)
+    claim.ours += " | per seed: " + ", ".join(f"{s} {v}" for s, v in per_seed.items())
+    return claim
+
+
 def ledger(R: dict) -> list[Claim]:
-    """One :class:`Claim` per entry of :data:`CLAIMS`, from loaded result files (see :func:`load_all`)."""
-    return [f(R) for f in CLAIMS]
+    """One :class:`Claim` per entry of :data:`CLAIMS`, from loaded result files (see :func:`load_all`), each
+    judged on every seed its notebook computed (:func:`claim_over_seeds`)."""
+    return [claim_over_seeds(f, R) for f in CLAIMS]
 
 
 def render_markdown(rows: list[Claim], R: dict) -> str:

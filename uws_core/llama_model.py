@@ -12,7 +12,6 @@ makes the kernels deterministic, so a build gives the same bits on any machine.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ from uws_core import tinylm
 from uws_core.checkpoints import load_checkpoint_state as load_state
 from uws_core.checkpoints import save_checkpoint
 from uws_core.lr_schedule import warmup_cosine
+from uws_core.numerics import compute_settings
 from uws_core.tasks import PAD, CharTokenizer
 
 if TYPE_CHECKING:
@@ -124,17 +124,6 @@ def llama_logits(params: dict[str, torch.Tensor], ids: torch.Tensor, cfg: LlamaZ
 
 
 # ---------------------------------------------------------------------------------------------- batches
-@contextlib.contextmanager
-def compute_settings(num_threads: int):
-    """Fixed thread count and deterministic kernels inside the block (the caller's settings restored after)."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(num_threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
 
 
 def _encode_sets(example_sets: list[list], tok: CharTokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -57,17 +57,15 @@ K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
 REPLICATION_BASIS_ONLY = "about the base model's accuracy (no number published; digest section 4)"
 
 
-@contextlib.contextmanager
 def _threads(num_threads: int | None):
-    """Run the block with ``num_threads`` torch threads (None: unchanged). The laptop matrices are tiny:
-    one thread avoids OpenMP hand-offs that cost ~50x on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """:func:`uws_core.numerics.compute_settings` on ``num_threads`` threads (None: nothing changed). The
+    laptop matrices are tiny: one thread avoids OpenMP hand-offs that cost ~50x on a shared 2-core machine."""
+    from uws_core.numerics import compute_settings
+
+    if num_threads is None:
+        return contextlib.nullcontext()
+    return compute_settings(int(num_threads), deterministic=torch.are_deterministic_algorithms_enabled(),
+                            quiet=False)
 
 
 # ------------------------------------------------------------------------------------------ states

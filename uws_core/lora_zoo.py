@@ -5,7 +5,9 @@ Mistral-7B-Instruct, one per Natural Instructions task) at a size that builds in
 
 1. the base, a small ``MistralForCausalLM`` (GQA 4 : 1), is instruction-tuned on every operation of
    :mod:`uws_core.tasks` in its canonical format and in part of the format combinations that are no LoRA
-   task's (:class:`uws_core.tasks.BaseMixture`): good at some LoRA tasks, near zero on others;
+   task's (:class:`uws_core.tasks.BaseMixture`): good at some LoRA tasks, near zero on others. It is
+   cached on its own (``<cache>/lora_base_<hash of the base's fields>/``, :func:`trained_base`), so the
+   seed replicates of the population (other ``seed``, same ``base_seed``) retrain only the adapters;
 2. ``n_tasks`` LoRAs (q/k/v, rank 8, alpha 16: the public adapters' scaling alpha / r = 2.0 at half their
    rank) are trained together by :class:`uws_core.tinylm.MultiLora`; ~39% of them (197 of 500 in the
    public set) start from one shared random A, the others from their own init seeds;
@@ -21,7 +23,6 @@ the code: a cache built by different code is used with a logged warning (``code_
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,7 +41,8 @@ import pandas as pd
 import torch
 
 from . import tasks as tasks_mod
-from .cache import build_cached, default_cache_dir
+from .cache import build_cached, config_digest, default_cache_dir
+from .numerics import compute_settings, kernel_report
 from . import tinylm
 
 __all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir", "code_digest"]
@@ -126,9 +129,9 @@ class LoraPopulationConfig:
         return d
 
     def key(self) -> str:
-        """sha256 of the config and FORMAT_VERSION: the cache directory's name."""
-        blob = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """The cache directory's name: :func:`uws_core.cache.config_digest` of the config and FORMAT_VERSION
+        (with the torch / transformers versions and the numerical environment)."""
+        return config_digest(self.to_dict(), FORMAT_VERSION)
 
 
 class LoraPopulation:
@@ -194,7 +197,7 @@ class LoraPopulation:
         copy of the base weights. ``scaling`` defaults to the population's ``lora_alpha / lora_r``.
         """
         examples = self.get_task(task_name).split(split)
-        with _compute_settings(self.config.num_threads):
+        with compute_settings(self.config.num_threads):
             if self._base is None:
                 self._base = self.load_base()
             model = self._base
@@ -209,23 +212,6 @@ def _make_tasks(cfg: LoraPopulationConfig):
     return tasks_mod.make_tasks(cfg.n_tasks, cfg.task_seed, cfg.n_train, cfg.n_val, cfg.n_test)
 
 
-@contextlib.contextmanager
-def _compute_settings(num_threads: int):
-    """Fixed thread count, deterministic kernels, no transformers progress bars inside the block."""
-    from transformers.utils import logging as hf_logging
-
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    bars = hf_logging.is_progress_bar_enabled()
-    torch.set_num_threads(num_threads)
-    torch.use_deterministic_algorithms(True)
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def code_digest() -> str:
@@ -257,24 +243,59 @@ def _export_adapters(lora: tinylm.MultiLora, base_dir: Path, names: list[str], c
         peft_model.save_pretrained(out_root / name, save_embedding_layers=False)
 
 
-def _build(cfg: LoraPopulationConfig, out: Path, progress: bool) -> None:
+#: the config fields that determine the base model (a population differing only in the others reuses it)
+BASE_FIELDS = ("n_tasks", "task_seed", "n_train", "n_val", "n_test", "hidden_size", "num_layers", "num_heads",
+               "num_kv_heads", "intermediate_size", "base_seed", "base_steps", "base_batch_size", "base_lr",
+               "base_format_fraction")
+
+
+def base_key(cfg: LoraPopulationConfig) -> str:
+    """The base model's cache name: :func:`uws_core.cache.config_digest` of :data:`BASE_FIELDS`."""
+    return config_digest({"what": "lora-base", **{f: getattr(cfg, f) for f in BASE_FIELDS}}, FORMAT_VERSION)
+
+
+def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = False) -> Path:
+    """The instruction-tuned base of ``cfg`` in ``<cache_root>/lora_base_<base_key>/`` (trained once, verified by
+    :mod:`uws_core.cache`): populations that differ only in their adapter seed share it bit for bit, and the
+    most expensive step of a build (about two thirds of it) runs once."""
     from tqdm.auto import tqdm
+
+    def build(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        tok = tasks_mod.CharTokenizer()
+        mcfg = tinylm.mistral_config(tok.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
+                                     cfg.num_kv_heads, cfg.intermediate_size)
+        model = tinylm.new_base_model(mcfg, cfg.base_seed)
+        mixture = tasks_mod.BaseMixture(_make_tasks(cfg), seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
+        with torch.random.fork_rng(), compute_settings(cfg.num_threads), \
+                tqdm(total=cfg.base_steps, desc="base", disable=not progress, mininterval=1.0) as bar:
+            torch.manual_seed(cfg.base_seed)
+            losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
+                                       warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
+        model.save_pretrained(tmp)
+        return {"base_final_loss": float(np.mean(losses[-max(1, cfg.base_steps // 10):])),
+                "base_train_s": time.perf_counter() - t0}
+
+    return build_cached(Path(cache_root) / f"lora_base_{base_key(cfg)}", build, FORMAT_VERSION)
+
+
+def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Path) -> None:
+    from tqdm.auto import tqdm
+    from transformers import MistralForCausalLM
+
+    from .cache import read_info
 
     t0 = time.perf_counter()
     timings = {}
     tok = tasks_mod.CharTokenizer()
     tasks = _make_tasks(cfg)
     n = len(tasks)
-    # --- base: instruction-tune on every operation's canonical format + part of the non-LoRA format combos
-    mcfg = tinylm.mistral_config(tok.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
-                                 cfg.num_kv_heads, cfg.intermediate_size)
-    model = tinylm.new_base_model(mcfg, cfg.base_seed)
-    torch.manual_seed(cfg.base_seed)
-    mixture = tasks_mod.BaseMixture(tasks, seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
-    with tqdm(total=cfg.base_steps, desc="base", disable=not progress, mininterval=1.0) as bar:
-        base_losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
-                                        warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
-    model.save_pretrained(out / "base")
+    # --- base: instruction-tuned on every operation's canonical format + part of the non-LoRA format combos,
+    #     trained once per BASE_FIELDS and read back from its cache (the same path for a fresh and a cached base)
+    base_root = trained_base(cfg, cache_root, progress)
+    shutil.copytree(base_root, out / "base", ignore=shutil.ignore_patterns("complete.json"))
+    model = MistralForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    base_info = read_info(base_root)
     timings["base_train_s"] = time.perf_counter() - t0
     # --- held-out accuracy of the base, every task at once
     t = time.perf_counter()
@@ -322,9 +343,9 @@ def _build(cfg: LoraPopulationConfig, out: Path, progress: bool) -> None:
             "timings_s": timings,
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "transformers": transformers.__version__, "peft": peft.__version__},
-            "machine": {"cpu_count": os.cpu_count(), "num_threads": cfg.num_threads},
-            "base_final_loss": float(np.mean(base_losses[-max(1, cfg.base_steps // 10):])),
-            "model": {k: getattr(mcfg, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+            "machine": {"cpu_count": os.cpu_count(), "num_threads": cfg.num_threads}, "numerics": kernel_report(),
+            "base_final_loss": base_info["base_final_loss"], "base_key": base_key(cfg),
+            "model": {k: getattr(model.config, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
                       "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")},
             "summary": {"n_adapters": n, "n_shared_init": int(shared.sum()),
                         "n_families": int(records["family"].nunique()),
@@ -352,8 +373,8 @@ def build_lora_population(config: LoraPopulationConfig | None = None, cache_dir:
     final = root / f"lora_population_{cfg.key()}"
 
     def build(tmp: Path) -> dict:
-        with _compute_settings(cfg.num_threads):
-            _build(cfg, tmp, progress)
+        with compute_settings(cfg.num_threads):
+            _build(cfg, tmp, progress, root)
         return {"key": cfg.key()}
 
     fresh = not final.exists()

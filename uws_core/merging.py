@@ -324,10 +324,9 @@ class LoraMergeEvaluator:
         import copy
 
         from uws_core import tinylm
-        threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-        torch.set_num_threads(self.pop.config.num_threads)
-        torch.use_deterministic_algorithms(True)
-        try:
+        from uws_core.numerics import compute_settings
+
+        with compute_settings(self.pop.config.num_threads):
             if self.base is None:
                 self.base = self.pop.load_base()
             model = self.base
@@ -336,9 +335,6 @@ class LoraMergeEvaluator:
                 tinylm.merge_lora_state(model, state, self.pop.scaling)
             return np.array([tinylm.accuracy(model, self.pop.tokenizer, self.pop.get_task(t).split(split)).mean()
                              for t in tasks])
-        finally:
-            torch.set_num_threads(threads)
-            torch.use_deterministic_algorithms(det)
 
 
 def vit_validation_indices(n_train: int, n_val: int, task: str) -> np.ndarray:
@@ -376,11 +372,8 @@ def vit_accuracy(states: list[Weights], tasks: list[str], config, split: str = "
     mask = torch.full((len(tasks), 1, n_lab), float("-inf"))
     for i, c in enumerate(n_cls):
         mask[i, :, :c] = 0.0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            pred = (vit_logits(params, xs, config) + mask).argmax(-1)  # (G, m)
-    finally:
-        torch.set_num_threads(threads)
+    from uws_core.numerics import compute_settings
+
+    with compute_settings(1), torch.no_grad():
+        pred = (vit_logits(params, xs, config) + mask).argmax(-1)  # (G, m)
     return ((pred == ys).sum(1).double() / torch.tensor([len(y) for _, y in data])).numpy()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from uws_core.checkpoints import load_checkpoint_state as load_state
 from uws_core.checkpoints import save_checkpoint
 from uws_core.lr_schedule import warmup_cosine
+from uws_core.numerics import compute_settings
 from uws_core.vit_tasks import IMAGE_SIZE, parse_task, task_data
 
 if TYPE_CHECKING:
@@ -101,15 +101,9 @@ def save_vit(state: dict[str, torch.Tensor], directory: Path | str, config: VitZ
     return save_checkpoint(model, directory)
 
 
-@contextmanager
 def _single_thread():
-    """Run torch on TRAIN_THREADS threads inside the block, restoring the caller's setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TRAIN_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    """:func:`uws_core.numerics.compute_settings` on TRAIN_THREADS threads (pinned kernels, oneDNN off)."""
+    return compute_settings(TRAIN_THREADS)
 
 
 def _linear(x, w, b):

@@ -1,0 +1,143 @@
+"""The numerical environment of every uws computation, pinned in one place so that a build gives the
+same bits on any x86-64 CPU with AVX2.
+
+Why: the laptop populations are trained by our own code, and training is chaotic: a difference in the
+last bit of one matmul grows into other weights and other accuracies. On one machine two builds are
+bitwise identical, but the kernels that torch picks depend on the CPU. Measured on an AVX-512 Xeon
+(tiny Llama / LoRA / ViT builds, sha256 over the weights): each of ``ATEN_CPU_CAPABILITY`` (torch's own
+vectorised kernels: avx512 / avx2 / default give three different populations), ``MKL_CBWR`` (MKL's
+matmul code path) and oneDNN's ISA (the ViT's patch convolution) changes the weights on its own.
+
+What is pinned (:data:`PINNED_ENV`, set by :func:`pin_environment` when ``uws_core`` is imported, before
+torch reads it):
+
+- ``ATEN_CPU_CAPABILITY=avx2``: torch's vectorised kernels at the AVX2 width on every x86-64 CPU that has
+  AVX2 (an AVX-512 machine then runs the same code as an AVX2 one);
+- ``MKL_CBWR=AVX2,STRICT``: MKL's conditional numerical reproducibility, the AVX2 code path, strict mode
+  (results independent of memory alignment);
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN capped at AVX2; and, inside :func:`compute_settings`, oneDNN is not
+  used at all (``torch.backends.mkldnn`` off: the convolutions fall back to ATen + MKL, which are pinned).
+
+Inside :func:`compute_settings` the thread count is fixed (MKL's reproducibility holds for a fixed
+number of threads) and torch's deterministic algorithms are on. The populations are built and the
+notebooks compute under these settings; ``UWS_NATIVE_KERNELS=1`` opts out (faster on AVX-512, other
+bits: the population caches are then keyed apart, see :func:`profile`).
+
+Not covered: CPUs without AVX2 and non-x86 machines (Apple silicon, Graviton) run other kernels and get
+other bits; the notebooks' checked outputs are written to hold there too (counts, shapes, verdicts;
+numbers as asserts with tolerances).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+
+__all__ = ["PINNED_ENV", "OPT_OUT", "pin_environment", "pinned_env", "native_requested", "cpu_has_avx2",
+           "is_pinned", "profile", "kernel_report", "compute_settings"]
+
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+OPT_OUT = "UWS_NATIVE_KERNELS"
+
+
+def native_requested(environ=None) -> bool:
+    """Whether the user opted out of the pin (``UWS_NATIVE_KERNELS`` set to 1 / true / yes)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(OPT_OUT, "").strip().lower() in {"1", "true", "yes"}
+
+
+def pinned_env(environ=None) -> dict:
+    """A copy of ``environ`` (default ``os.environ``) with :data:`PINNED_ENV` set, for subprocesses."""
+    env = dict(os.environ if environ is None else environ)
+    if not native_requested(env):
+        env.update(PINNED_ENV)
+    return env
+
+
+def pin_environment() -> bool:
+    """Set :data:`PINNED_ENV` in ``os.environ`` (overriding what is there) unless opted out.
+
+    Returns whether the pin can still take effect in this process: torch reads the CPU capability at its
+    first vectorised operation and MKL its branch at its first call, so the pin must come before torch is
+    imported (``import uws_core`` first; subprocesses and notebook kernels inherit ``os.environ``).
+    """
+    if native_requested():
+        return False
+    os.environ.update(PINNED_ENV)
+    return "torch" not in sys.modules
+
+
+def cpu_has_avx2() -> bool:
+    """x86-64 with AVX2 (read from /proc/cpuinfo on Linux; torch's own probe elsewhere)."""
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability() in {"AVX2", "AVX512"}
+
+
+def is_pinned() -> bool:
+    """Whether this process runs the pinned kernels: the pin is in ``os.environ`` and torch reports the
+    AVX2 capability (on an x86-64 CPU with AVX2; elsewhere the pin cannot hold and this is False)."""
+    import torch
+
+    if native_requested() or not cpu_has_avx2():
+        return False
+    env_ok = all(os.environ.get(k) == v for k, v in PINNED_ENV.items())
+    return env_ok and torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def profile() -> str:
+    """The name of the numerical environment, part of every population's cache key: ``pinned-avx2`` when
+    :func:`is_pinned`, else ``native-<machine>-<torch capability>`` (other bits, another cache entry)."""
+    import torch
+
+    if is_pinned():
+        return "pinned-avx2"
+    return f"native-{platform.machine().lower()}-{torch.backends.cpu.get_cpu_capability().lower()}"
+
+
+def kernel_report() -> dict:
+    """What this process computes with: profile, torch capability, the pin variables, threads."""
+    import torch
+
+    return {"profile": profile(), "machine": platform.machine(), "cpu_has_avx2": cpu_has_avx2(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "env": {k: os.environ.get(k) for k in PINNED_ENV}, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+@contextlib.contextmanager
+def compute_settings(num_threads: int = 1, deterministic: bool = True, quiet: bool = True):
+    """Inside the block: ``num_threads`` torch threads, deterministic algorithms, oneDNN off (its kernels
+    are chosen by the CPU), and no transformers progress bars (``quiet``); the caller's settings are
+    restored after. The one context for training, evaluation and the notebooks' heavy cells."""
+    import torch
+
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    mkldnn = torch.backends.mkldnn.enabled
+    bars = None
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    torch.set_num_threads(int(num_threads))
+    torch.use_deterministic_algorithms(bool(deterministic))
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+        torch.backends.mkldnn.enabled = mkldnn
+        if bars:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
