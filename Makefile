@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (benchmarks/results.md); passive waiting costs nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup populations reproduce test unit nbval bench notebooks clean
+.PHONY: setup populations fingerprints reproduce test unit nbval bench notebooks clean
 
 setup: $(STAMP)
 
@@ -21,9 +21,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e .
 	touch $(STAMP)
 
-# The LoRA, ViT and Llama populations, two at a time (cached; the notebooks then only read them).
+# The LoRA, ViT and Llama populations for every seed, two at a time (cached; the notebooks then only read
+# them), under the pinned CPU kernels of uws_core.numerics; each prints its fingerprint beside the committed one.
 populations: setup
 	$(PY) -m uws_core.populations --workers 2
+
+# Developers: record the fingerprints of the populations and of the tiny test presets after a change that
+# is meant to change the weights (data_manifests/population_fingerprints.json).
+fingerprints: setup
+	$(PY) -m uws_core.populations --workers 2 --record
+	$(PY) -m uws_core.populations --tiny --record
 
 reproduce: setup populations
 	$(PY) -m uws_core.reproduce

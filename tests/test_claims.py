@@ -172,3 +172,11 @@ def test_claims_without_seeds_are_unchanged(tmp_path):
     _write(tmp_path, "01_mistral7b_lora_spectra", _lora(0.01))
     c = claims.claim_over_seeds(claims.lora_spectra, claims.load_all(tmp_path))
     assert c.verdict == "fails" and "per seed" not in c.ours
+
+
+def test_seeds_that_are_not_a_mapping_are_refused_by_key(tmp_path):
+    res = _lora(0.2)
+    res["seeds"] = [0, 1, 2]
+    _write(tmp_path, "01_mistral7b_lora_spectra", res)
+    with pytest.raises(ValueError, match="01_mistral7b_lora_spectra: key 'seeds'"):
+        claims.ledger(claims.load_all(tmp_path))

@@ -315,6 +315,9 @@ def claim_over_seeds(fn: Callable[[dict], Claim], R: dict) -> Claim:
     claim = fn(R)
     r = _res(R, claim.source)
     seeds = (r or {}).get("seeds") or {}
+    if not isinstance(seeds, dict):
+        raise ValueError(f"results of {claim.source}: key 'seeds' must map each population seed to its payload, "
+                         f"got {type(seeds).__name__}")
     if not seeds or claim.verdict in (NOT_RUN, NOT_TESTED):
         return claim
     per_seed = {s: fn(_with_seed(R, claim.source, payload)).verdict for s, payload in sorted(seeds.items())}
