@@ -43,3 +43,30 @@ def test_reproduce_runs_notebooks_then_writes_the_claims_ledger(tmp_path, monkey
 def test_timeout_must_be_positive():
     with pytest.raises(SystemExit, match="--timeout"):
         reproduce.main(["--timeout", "0"])
+
+
+def test_jobs_must_be_positive():
+    with pytest.raises(SystemExit, match="--jobs"):
+        reproduce.main(["--jobs", "0"])
+
+
+def test_notebooks_run_two_at_a_time_and_errors_surface(tmp_path, monkeypatch):
+    """Two notebooks in parallel kernels both write their results; a failing one fails the run."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    for name, code in (("01_a", "import time; time.sleep(1); open('a.txt', 'w').write('a')"),
+                       ("02_b", "import time; time.sleep(1); open('b.txt', 'w').write('b')")):
+        nb = new_notebook()
+        nb.cells.append(new_code_cell(code))
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, nbdir / f"{name}.ipynb")
+    monkeypatch.setattr(reproduce, "NOTEBOOKS", nbdir)
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "results"))
+    assert reproduce.main(["--jobs", "2"]) == 0
+    assert (nbdir / "a.txt").read_text() == "a" and (nbdir / "b.txt").read_text() == "b"
+    bad = new_notebook()
+    bad.cells.append(new_code_cell("raise ValueError('broken notebook')"))
+    bad.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(bad, nbdir / "03_bad.ipynb")
+    with pytest.raises(Exception, match="broken notebook"):
+        reproduce.main(["--jobs", "2"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uws_core.reproduce", description=__doc__)
     parser.add_argument("--inplace", action="store_true", help="re-execute the committed notebooks in place")
     parser.add_argument("--only", default="[0-9][0-9]_*.ipynb", help="glob of notebooks to run")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="notebooks executed at once, each in its own kernel process (default 2; a kernel's "
+                             "thread count does not depend on the others, so the results are those of a serial run)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per cell before a notebook is stopped (default: 1800 at laptop scale, "
                              "none at paper scale, where one cell may stream hundreds of GB)")
@@ -72,13 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     paths = notebooks(args.only)
     if not paths:
         raise SystemExit(f"no notebook matches {args.only!r} in {NOTEBOOKS}")
-    log.info("scale=%s, %d notebooks", scale(), len(paths))
-    for path in paths:
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    log.info("scale=%s, %d notebooks, %d at a time", scale(), len(paths), args.jobs)
+
+    def run(path: Path) -> None:
         t0 = time.perf_counter()
         target = path if args.inplace else execute_to_results(path, timeout)
         if args.inplace:
             execute_inplace(path, timeout)
         log.info("%-45s %7.1f s  -> %s", path.name, time.perf_counter() - t0, target)
+
+    # each notebook runs in its own kernel process; the threads only wait for them
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for _ in pool.map(run, paths):    # re-raises the first notebook error
+            pass
     if not args.inplace:
         from .claims import write_ledger
 
