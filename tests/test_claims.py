@@ -180,3 +180,16 @@ def test_seeds_that_are_not_a_mapping_are_refused_by_key(tmp_path):
     _write(tmp_path, "01_mistral7b_lora_spectra", res)
     with pytest.raises(ValueError, match="01_mistral7b_lora_spectra: key 'seeds'"):
         claims.ledger(claims.load_all(tmp_path))
+
+
+def test_seeds_that_did_not_recompute_a_claim_are_not_judged_for_it(tmp_path):
+    """07's seeds carry the LoRA shared-init study only: the random-init claim (ViT seed 0) gets no per-seed line."""
+    res = _random_init(0.0004)
+    res["lora_shared_init"] = {"median": {"shared": 0.8, "rest_mean": 0.5, "rest_std": 0.01}, "n": 28}
+    res["seeds"] = {str(s): {"lora_shared_init": res["lora_shared_init"]} for s in range(3)}
+    _write(tmp_path, "07_null_models", res)
+    R = claims.load_all(tmp_path)
+    rand = claims.claim_over_seeds(claims.random_init, R)
+    assert rand.verdict == "fails" and "per seed" not in rand.ours
+    shared = claims.claim_over_seeds(claims.lora_shared_init, R)
+    assert shared.verdict == "holds" and "per seed: 0 holds, 1 holds, 2 holds" in shared.ours
