@@ -40,12 +40,9 @@ test: setup unit nbval
 unit: setup
 	$(PY) -m pytest tests -q -n 2
 
-# nbval under xdist only with --dist loadfile: each notebook's cells stay in order on one worker. Notebooks are
-# handed out longest first (measured), so that the two workers finish close together.
-NB_LONG := $(foreach n,05 04 02 08 06,$(wildcard notebooks/$(n)_*.ipynb))
-NB_ALL  := $(NB_LONG) $(filter-out $(NB_LONG),$(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)))
+# nbval under xdist only with --dist loadfile: each notebook's cells stay in order on one worker.
 nbval: setup populations
-	$(PY) -m pytest --nbval-lax $(NB_ALL) -q -p no:cacheprovider -n 2 --dist loadfile
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/bench_lora_subspace.py
