@@ -212,8 +212,6 @@ def _make_tasks(cfg: LoraPopulationConfig):
     return tasks_mod.make_tasks(cfg.n_tasks, cfg.task_seed, cfg.n_train, cfg.n_val, cfg.n_test)
 
 
-
-
 def code_digest() -> str:
     """sha256 of the source of tasks.py, tinylm.py and lora_zoo.py (recorded, checked with a warning)."""
     here = Path(__file__).resolve().parent
