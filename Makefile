@@ -32,8 +32,9 @@ fingerprints: setup
 	$(PY) -m uws_core.populations --workers 2 --record
 	$(PY) -m uws_core.populations --tiny --record
 
-reproduce: setup populations
-	$(PY) -m uws_core.reproduce
+# Populations and notebooks in one schedule: each notebook starts once the populations it reads are built.
+reproduce: setup
+	$(PY) -m uws_core.reproduce --build-populations
 
 test: setup unit nbval
 

@@ -49,3 +49,15 @@ def test_pin_applies_only_when_uws_core_comes_first():
     assert _probe(first, {"ATEN_CPU_CAPABILITY": "default"}) == "pinned-avx2"
     assert _probe(late, {"ATEN_CPU_CAPABILITY": "default"}).startswith("native-")   # too late: keyed apart
     assert _probe(first, {numerics.OPT_OUT: "1", "ATEN_CPU_CAPABILITY": "default"}) == "native-x86_64-default"
+
+
+def test_single_thread_kernels_sets_one_thread_or_the_override():
+    from uws_core.numerics import single_thread_kernels
+
+    env = {}
+    assert single_thread_kernels(env) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} and env["OMP_NUM_THREADS"] == "1"
+    env = {"UWS_KERNEL_THREADS": "4"}
+    single_thread_kernels(env)
+    assert env["MKL_NUM_THREADS"] == "4"
+    with pytest.raises(ValueError, match="UWS_KERNEL_THREADS"):
+        single_thread_kernels({"UWS_KERNEL_THREADS": "two"})

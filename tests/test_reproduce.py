@@ -70,3 +70,54 @@ def test_notebooks_run_two_at_a_time_and_errors_surface(tmp_path, monkeypatch):
     nbformat.write(bad, nbdir / "03_bad.ipynb")
     with pytest.raises(Exception, match="broken notebook"):
         reproduce.main(["--jobs", "2"])
+
+
+def test_population_needs_reads_every_seed_of_the_kinds_a_notebook_loads(tmp_path):
+    from uws_core.populations import SEEDS
+
+    nb = new_notebook()
+    nb.cells.append(new_code_cell('pop = populations.load("lora", 0)\nv = populations.load("vit", s)'))
+    path = tmp_path / "09_x.ipynb"
+    nbformat.write(nb, path)
+    needs = reproduce.population_needs(path)
+    assert sorted(needs) == sorted([f"lora/seed{s}" for s in SEEDS["lora"]] + [f"vit/seed{s}" for s in SEEDS["vit"]])
+    empty = tmp_path / "00_y.ipynb"
+    nbformat.write(new_notebook(), empty)
+    assert reproduce.population_needs(empty) == []
+
+
+def test_schedule_starts_a_task_only_after_its_needs_and_by_priority():
+    import threading
+    import time
+
+    log, lock = [], threading.Lock()
+
+    def task(name, seconds):
+        def run():
+            with lock:
+                log.append(("start", name))
+            time.sleep(seconds)
+            with lock:
+                log.append(("end", name))
+        return run
+
+    tasks = {"pop_a": task("pop_a", 0.3), "pop_b": task("pop_b", 0.05), "nb_1": task("nb_1", 0.01),
+             "nb_2": task("nb_2", 0.01)}
+    reproduce.schedule(tasks, {"nb_1": ["pop_a"], "nb_2": ["pop_b"]}, jobs=2)
+    order = [e for e in log]
+    assert order.index(("start", "nb_1")) > order.index(("end", "pop_a"))
+    assert order.index(("start", "nb_2")) > order.index(("end", "pop_b"))
+    # nb_2 does not wait for the slow pop_a: it runs in the slot pop_b freed
+    assert order.index(("end", "nb_2")) < order.index(("end", "pop_a"))
+
+
+def test_schedule_raises_the_first_error_and_refuses_unknown_needs():
+    def boom():
+        raise ValueError("broken build")
+
+    ran = []
+    with pytest.raises(ValueError, match="broken build"):
+        reproduce.schedule({"a": boom, "b": lambda: ran.append("b")}, {"b": ["a"]}, jobs=2)
+    assert ran == []
+    with pytest.raises(KeyError, match="missing"):
+        reproduce.schedule({"a": lambda: None}, {"a": ["missing"]}, jobs=1)

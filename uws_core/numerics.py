@@ -36,10 +36,16 @@ import platform
 import sys
 
 __all__ = ["PINNED_ENV", "OPT_OUT", "pin_environment", "pinned_env", "native_requested", "cpu_has_avx2",
-           "is_pinned", "profile", "kernel_report", "compute_settings"]
+           "is_pinned", "profile", "kernel_report", "compute_settings", "KERNEL_THREADS", "single_thread_kernels"]
 
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 OPT_OUT = "UWS_NATIVE_KERNELS"
+#: The thread count of every laptop-scale notebook kernel (``make reproduce``, nbval), set through the
+#: environment the kernels inherit (``UWS_KERNEL_THREADS`` overrides the 1). One thread: ATen splits its
+#: parallel reductions by the thread count, so a kernel's low bits would otherwise follow the machine's core
+#: count; and two kernels at a time on a 2-core machine, at 2 threads each, spent about twice their CPU
+#: time as wall time (notebook 04: 94 s wall for 47 s CPU).
+KERNEL_THREADS = "UWS_KERNEL_THREADS"
 
 
 def native_requested(environ=None) -> bool:
@@ -67,6 +73,20 @@ def pin_environment() -> bool:
         return False
     os.environ.update(PINNED_ENV)
     return "torch" not in sys.modules
+
+
+def single_thread_kernels(environ=None) -> dict:
+    """Set ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` in ``environ`` (default ``os.environ``) to
+    ``$UWS_KERNEL_THREADS`` (default 1) for the notebook kernels started after this call; returns what it set.
+    Called by :mod:`uws_core.reproduce` and the root ``conftest.py`` at laptop scale (paper-scale kernels keep
+    every core: their eigensolvers are what the threads are for)."""
+    environ = os.environ if environ is None else environ
+    n = environ.get(KERNEL_THREADS, "").strip() or "1"
+    if not n.isdigit() or int(n) < 1:
+        raise ValueError(f"{KERNEL_THREADS} must be a positive integer, got {n!r}")
+    threads = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    environ.update(threads)
+    return threads
 
 
 def cpu_has_avx2() -> bool:
