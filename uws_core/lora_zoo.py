@@ -74,7 +74,7 @@ class LoraPopulationConfig:
     num_kv_heads: int = 1
     intermediate_size: int = 128
     base_seed: int = 0
-    base_steps: int = 1000
+    base_steps: int = 1500
     base_batch_size: int = 128
     base_lr: float = 3e-3
     base_format_fraction: float = 0.5  # the base also sees this share of the format combinations that
@@ -83,7 +83,7 @@ class LoraPopulationConfig:
     lora_r: int = 8
     lora_alpha: float = 16.0
     target_modules: tuple = tinylm.TARGET_MODULES
-    lora_steps: int = 140
+    lora_steps: int = 200
     lora_batch_per_adapter: int = 8
     lora_lr: float = 1e-2
     shared_init_fraction: float = 197 / 500  # public adapters sharing one identical random A

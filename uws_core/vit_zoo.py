@@ -62,11 +62,11 @@ class VitZooConfig:
     base_lr: float = 2e-3
     weight_decay: float = 0.05
     finetune_lr: float = 5e-4
-    finetune_epochs: int = 6
+    finetune_epochs: int = 10
     n_finetunes: int | None = None  # None: the whole plan of :func:`finetune_plan`; else its first n
     n_random_init: int = 64
     n_scratch: int = 16
-    scratch_epochs: int = 20
+    scratch_epochs: int = 40
     scratch_lr: float = 2e-3
     unseen_every: int = 8           # every 8th fine-tune is held out of the basis ("unseen", group "unseen")
 
