@@ -29,7 +29,7 @@ def test_compute_settings_restores_after_an_error():
 @pytest.mark.skipif(not numerics.cpu_has_avx2(), reason="the pin holds on x86-64 CPUs with AVX2")
 def test_this_test_process_is_pinned():
     """conftest.py imports uws_core before torch: the pin reached torch in this process."""
-    assert numerics.is_pinned() and numerics.profile() == "pinned-avx2"
+    assert numerics.is_pinned() and numerics.profile() == numerics.PINNED_PROFILE
     report = numerics.kernel_report()
     assert report["torch_cpu_capability"] == "AVX2" and report["env"] == numerics.PINNED_ENV
 
@@ -46,7 +46,7 @@ def _probe(code, env_overrides):
 def test_pin_applies_only_when_uws_core_comes_first():
     first = "import uws_core, torch; from uws_core.linalg.numerics import profile; print(profile())"
     late = "import torch; torch.ones(3).sum(); import uws_core; from uws_core.linalg.numerics import profile; print(profile())"
-    assert _probe(first, {"ATEN_CPU_CAPABILITY": "default"}) == "pinned-avx2"
+    assert _probe(first, {"ATEN_CPU_CAPABILITY": "default"}) == numerics.PINNED_PROFILE
     assert _probe(late, {"ATEN_CPU_CAPABILITY": "default"}).startswith("native-")   # too late: keyed apart
     assert _probe(first, {numerics.OPT_OUT: "1", "ATEN_CPU_CAPABILITY": "default"}) == "native-x86_64-default"
 

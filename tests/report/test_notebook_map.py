@@ -1,6 +1,5 @@
 """docs/architecture.md is the current map of notebook sections to the uws_core functions they call."""
 import json
-from pathlib import Path
 
 from uws_core.report.notebook_map import REPO, notebook_calls, render_map
 

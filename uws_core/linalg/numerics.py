@@ -1,5 +1,5 @@
 """The numerical environment of every uws computation, pinned in one place so that a build gives the
-same bits on any x86-64 CPU with AVX2.
+same bits on any x86-64 CPU with AVX2, Intel or AMD.
 
 Why: the laptop populations are trained by our own code, and training is chaotic: a difference in the
 last bit of one matmul grows into other weights and other accuracies. On one machine two builds are
@@ -13,8 +13,13 @@ torch reads it):
 
 - ``ATEN_CPU_CAPABILITY=avx2``: torch's vectorised kernels at the AVX2 width on every x86-64 CPU that has
   AVX2 (an AVX-512 machine then runs the same code as an AVX2 one);
-- ``MKL_CBWR=AVX2,STRICT``: MKL's conditional numerical reproducibility, the AVX2 code path, strict mode
-  (results independent of memory alignment);
+- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility on its vendor-neutral code path
+  (SSE2 without the rcpps / rsqrtps approximations). The AVX2 branch we pinned first (``AVX2,STRICT``) is
+  "available only for Intel processors" (MKL developer reference, CNR named constants): on a non-Intel CPU
+  MKL silently uses its AUTO branch instead. Measured on an AMD EPYC (tiny Llama / LoRA / ViT, 2026-12-07):
+  ``AVX2,STRICT`` gave the same bits as ``AUTO`` there and other bits than the AVX2 builds on an Intel Xeon
+  that the first fingerprints came from; ``COMPATIBLE`` is the one branch MKL documents for Intel and
+  compatible CPUs alike;
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN capped at AVX2; and, inside :func:`compute_settings`, oneDNN is not
   used at all (``torch.backends.mkldnn`` off: the convolutions fall back to ATen + MKL, which are pinned).
 
@@ -36,11 +41,13 @@ import os
 import platform
 import sys
 
-__all__ = ["PINNED_ENV", "OPT_OUT", "pin_environment", "pinned_env", "native_requested", "cpu_has_avx2",
-           "is_pinned", "profile", "kernel_report", "compute_settings", "KERNEL_THREADS", "single_thread_kernels",
+__all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
+           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "KERNEL_THREADS", "single_thread_kernels",
            "stable_seed_32", "stable_seed_63", "stable_seed_63_masked"]
 
-PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+#: name of the pinned environment (part of every population's cache key and of the committed fingerprints)
+PINNED_PROFILE = "pinned-avx2-mklcompat"
 OPT_OUT = "UWS_NATIVE_KERNELS"
 #: The thread count of every laptop-scale notebook kernel (``make reproduce``, nbval), set through the
 #: environment the kernels inherit (``UWS_KERNEL_THREADS`` overrides the 1). One thread: ATen splits its
@@ -116,12 +123,12 @@ def is_pinned() -> bool:
 
 
 def profile() -> str:
-    """The name of the numerical environment, part of every population's cache key: ``pinned-avx2`` when
+    """The name of the numerical environment, part of every population's cache key: :data:`PINNED_PROFILE` when
     :func:`is_pinned`, else ``native-<machine>-<torch capability>`` (other bits, another cache entry)."""
     import torch
 
     if is_pinned():
-        return "pinned-avx2"
+        return PINNED_PROFILE
     return f"native-{platform.machine().lower()}-{torch.backends.cpu.get_cpu_capability().lower()}"
 
 
