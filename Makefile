@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (benchmarks/results.md); passive waiting costs nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup populations fingerprints reproduce test unit nbval bench notebooks clean
+.PHONY: setup populations fingerprints reproduce test unit nbval bench notebooks lab site clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,15 @@ bench: setup
 # Developers: re-execute the committed notebooks in place at laptop scale (what CI checks).
 notebooks: setup
 	$(PY) -m uws_core.report.reproduce --inplace
+
+# JupyterLab on notebooks/ with the project's kernel "uws (.venv)", installed into the venv (not ~/.local).
+lab: setup
+	$(PY) -m ipykernel install --sys-prefix --name uws --display-name "uws (.venv)"
+	cd notebooks && ../$(VENV)/bin/jupyter lab
+
+# A static site from what make reproduce wrote: results/site/index.html (claims ledger, notebook pages, figures).
+site: setup
+	$(PY) -m uws_core.report.site
 
 clean:
 	rm -rf results .cache

@@ -9,3 +9,12 @@ from uws_core.report.results import scale
 
 if scale() == "laptop":
     single_thread_kernels()
+
+
+def pytest_configure(config):
+    """nbval: run the notebooks in this environment's python (``--nbval-current-env``) unless a kernel is named
+    on the command line, so the kernel the notebooks name ("uws", installed by ``make lab``) need not exist."""
+    opt = config.option
+    if hasattr(opt, "nbval_current_env") and not (opt.nbval_current_env or opt.nbval_kernel_name
+                                                  or getattr(opt, "current_env", False)):
+        opt.nbval_current_env = True

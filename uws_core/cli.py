@@ -1,8 +1,11 @@
-"""Command line: ``uws spectrum``, ``uws spectra``, ``uws download`` and ``uws manifest lock``.
+"""Command line: ``uws spectrum``, ``uws spectra``, ``uws report``, ``uws download`` and ``uws manifest lock``.
 
-* ``uws spectrum DIRS... --unfolding rows --out results.json``: one JSON for a population (below);
+* ``uws spectrum DIRS... --unfolding rows --out results.json``: one JSON for a population (below), and a
+  short table per module type on the terminal (:func:`spectrum_table`);
 * ``uws spectra POPULATION_DIR --out DIR [--resume]``: the same spectra streamed key by key into a
   directory, resumable after an interruption (:mod:`uws_core.weights.population_spectra`);
+* ``uws report DIR``: ``DIR/report.md`` and ``report.html`` for a ``uws spectra`` directory: table, scree and
+  cumulative plots beside the Marchenko-Pastur null, settings and recipe (:mod:`uws_core.report.spectra_report`);
 * ``uws download MANIFEST [--limit N] [--only REGEX] [--dest DIR]``: pinned, checksum-verified downloads
   of a manifest's entries (:mod:`uws_core.weights.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
   checksums (needs network).
@@ -37,6 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
@@ -169,6 +173,31 @@ def run_spectrum(args: argparse.Namespace) -> dict:
     }
 
 
+def spectrum_table(result: dict) -> str:
+    """A short terminal table of a ``uws spectrum`` result: one line per module type and spectrum, with the
+    number of keys, the matrix shape, the mean over those keys of the top-k cumulative EVR and of the k
+    reaching 50/90/99% of the variance."""
+    groups: dict[tuple, list] = {}
+    for key, res in result["keys"].items():
+        names = ("lora_A", "lora_B", "product") if result["source"] == "adapters" else (None,)
+        for name in names:
+            spec = res if name is None else res[name]
+            groups.setdefault((res["module"], name or "weight"), []).append(spec)
+    k = result["k"]
+    head = ["module", "spectrum", "keys", "shape", f"top-{k} EVR", "k@50%", "k@90%", "k@99%"]
+    rows = []
+    for (module, name), specs in groups.items():
+        shapes = sorted({"x".join(map(str, s["shape"])) for s in specs})
+        rows.append([module, name, str(len(specs)), shapes[0] if len(shapes) == 1 else f"{len(shapes)} shapes",
+                     f"{np.mean([s['top_k_evr'] for s in specs]):.3f}"]
+                    + [f"{np.mean([s['k_at'][t] for s in specs]):.1f}" for t in ("0.5", "0.9", "0.99")])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    title = (f"{result['unfolding']} unfolding, centre {result['center']}, N={result['n_models']} "
+             f"{result['source']} (means over the keys of each module type)")
+    return "\n".join([title, fmt(head), *map(fmt, rows)]) + "\n"
+
+
 def write_json(obj: dict, out: Path) -> None:
     """Write JSON atomically (temporary file in the same directory, then rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--device", default=None, help="compute device (default: UWS_DEVICE, else cuda if present)")
     ss.add_argument("--allow-missing-keys", action="store_true", help="checkpoints: use the keys common to all")
     ss.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+
+    sr = sub.add_parser("report", help="report.md and report.html for a `uws spectra` directory",
+                        description="Turn a `uws spectra` output directory into DIR/report.md and DIR/report.html: "
+                                    "a table of top-k EVR and k at 50/80/90/95/99%% per key, scree and cumulative "
+                                    "plots per module type beside the Marchenko-Pastur null, the settings and recipe.")
+    sr.add_argument("dir", type=Path, metavar="DIR", help="the --out directory of `uws spectra`")
+    sr.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
 
     sd = sub.add_parser("download", help="pinned, sha256-verified download of a manifest's entries")
     sd.add_argument("manifest", metavar="MANIFEST", help="a family (mistral7b_loras, llama8b, ...) or its CSV path")
@@ -267,7 +303,8 @@ def run_spectra(args: argparse.Namespace) -> str:
                              resume=args.resume, device=args.device,
                              max_key_bytes=None if args.max_key_gib is None else args.max_key_gib * 2 ** 30)
     return (f"spectra of {len(res['keys'])} keys x {res['n_models']} {kind} in {args.out} "
-            f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit)")
+            f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit); "
+            f"`uws report {args.out}` renders a page of it")
 
 
 def parse_where(items: list[str]) -> dict[str, str]:
@@ -341,6 +378,11 @@ def main(argv: list[str] | None = None, api=None) -> int:
             result = run_spectrum(args)
         elif args.command == "spectra":
             message = run_spectra(args) + "\n"
+        elif args.command == "report":
+            from uws_core.report.spectra_report import write_report
+
+            md, page = write_report(args.dir)
+            message = f"wrote {md} and {page}\n"
         elif args.command == "download":
             message, status = run_download(args, api=api)
         else:
@@ -351,8 +393,8 @@ def main(argv: list[str] | None = None, api=None) -> int:
         parser.exit(1, f"uws {command}: error: {msg}\n")
     if args.command == "spectrum":
         write_json(result, args.out)
-        message = (f"wrote spectra of {len(result['keys'])} keys x {result['n_models']} {result['source']} "
-                   f"to {args.out}\n")
+        message = spectrum_table(result) + (f"wrote spectra of {len(result['keys'])} keys x {result['n_models']} "
+                                            f"{result['source']} to {args.out}\n")
     sys.stdout.write(message)
     if status:
         parser.exit(status)

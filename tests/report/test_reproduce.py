@@ -121,3 +121,37 @@ def test_schedule_raises_the_first_error_and_refuses_unknown_needs():
     assert ran == []
     with pytest.raises(KeyError, match="missing"):
         reproduce.schedule({"a": lambda: None}, {"a": ["missing"]}, jobs=1)
+
+
+def test_schedule_counts_finished_tasks_and_names_the_running_ones():
+    class Bar:  # records what schedule() shows
+        def __init__(self):
+            self.n, self.postfixes = 0, []
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, s):
+            self.postfixes.append(s)
+
+    bar = Bar()
+    reproduce.schedule({"pop_a": lambda: None, "02_b.ipynb": lambda: None}, {"02_b.ipynb": ["pop_a"]}, jobs=2,
+                       progress=bar)
+    assert bar.n == 2
+    assert "running pop_a" in bar.postfixes and "running 02_b.ipynb" in bar.postfixes
+    assert bar.postfixes[-1] == ""
+
+
+def test_kernels_use_the_ipc_transport_and_do_not_warn_about_tcp(tmp_path, capfd):
+    import os
+
+    nb = new_notebook()
+    nb.cells.append(new_code_cell("print(6 * 7)"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    if os.name == "posix":
+        assert reproduce.kernel_config().KernelManager.transport == "ipc"
+    reproduce.execute_inplace(path, timeout=120)
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0].text == "42\n"
+    assert "without encryption" not in capfd.readouterr().err

@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``progress``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -21,6 +21,7 @@ _API = {
     "NonFiniteWeightError": "spectral",
     "OPT_OUT": "numerics",
     "PINNED_ENV": "numerics",
+    "PINNED_PROFILE": "numerics",
     "ShapeMismatchError": "spectral",
     "Spectrum": "spectral",
     "StackedRowSpectrum": "varying_rank",
@@ -28,10 +29,12 @@ _API = {
     "StreamingSpectrum": "spectral",
     "UNFOLDINGS": "spectral",
     "as_tensor": "device",
+    "bar": "progress",
     "center_stack": "spectral",
     "compute_settings": "numerics",
     "cpu_has_avx2": "numerics",
     "eigh_descending": "subspace",
+    "enabled": "progress",
     "explained_variance_ratio": "subspace",
     "gaussian_like": "nulls",
     "gaussian_lora_like": "nulls",
@@ -39,6 +42,7 @@ _API = {
     "is_pinned": "numerics",
     "k_for_threshold": "subspace",
     "kernel_report": "numerics",
+    "labelled": "progress",
     "lora_factor_spectra": "lora",
     "lora_product_spectrum": "lora",
     "lora_products": "lora",
@@ -56,6 +60,7 @@ _API = {
     "project": "subspace",
     "random_orthonormal_basis": "subspace",
     "reconstruct": "subspace",
+    "set_slot": "progress",
     "single_thread_kernels": "numerics",
     "stable_seed_32": "numerics",
     "stable_seed_63": "numerics",

@@ -1,7 +1,7 @@
 """Results files, figures, the published numbers of the paper and the replication, the claims ledger, seed
 spreads and the notebook runner (make reproduce). The top layer: may import every other layer.
 
-Modules: ``claims``, ``notebook_map``, ``plots``, ``published``, ``reproduce``, ``results``, ``seeds``.
+Modules: ``claims``, ``lab``, ``notebook_map``, ``plots``, ``published``, ``reproduce``, ``results``, ``seeds``, ``site``, ``spectra_report``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -13,18 +13,32 @@ from uws_core import lazy_exports
 _API = {
     "CLAIMS": "claims",
     "Claim": "claims",
+    "DISPLAY_NAME": "lab",
+    "KERNELSPEC": "lab",
+    "KERNEL_NAME": "lab",
+    "ReportInputError": "spectra_report",
     "SEED_DEPENDENT": "seeds",
+    "SiteInputError": "site",
+    "build_site": "site",
+    "check_site": "site",
+    "figures_of": "site",
     "format_spread": "seeds",
+    "k_at": "spectra_report",
     "ledger": "claims",
     "load_all": "claims",
+    "load_run": "spectra_report",
     "main": "claims",
     "notebook_calls": "notebook_map",
+    "null_evr": "spectra_report",
     "render_map": "notebook_map",
     "render_markdown": "claims",
     "seed_table": "seeds",
+    "set_kernelspec": "lab",
+    "spectrum_table_rows": "spectra_report",
     "spread": "seeds",
     "verdict_over_seeds": "seeds",
     "write_ledger": "claims",
+    "write_report": "spectra_report",
 }
 
 __all__ = sorted(_API)

@@ -10,6 +10,10 @@ schedule: ``--jobs`` slots take population builds (each in its own process, one 
 in its own kernel, one thread) by priority, and a notebook starts as soon as the populations it reads
 (:func:`population_needs`) are built, instead of after all of them: on 2 cores no slot waits for the
 slowest build while a notebook could run.
+
+On a terminal a bar counts the finished tasks and names the ones running (:mod:`uws_core.linalg.progress`); the
+kernels talk to this process over IPC sockets (:func:`kernel_config`), not TCP, so ipykernel does not
+warn about unencrypted TCP traffic at every notebook.
 """
 
 from __future__ import annotations
@@ -50,12 +54,29 @@ def clean_metadata(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
+def kernel_config():
+    """traitlets config for the kernels that nbclient / papermill start: the IPC transport (Unix sockets next to
+    the connection file, reachable by this user only) where the OS has it, so ipykernel's warning "Kernel is
+    running over TCP without encryption" (ipykernel/kernelapp.py, ``init_sockets``) has no cause; TCP on
+    Windows, which has no IPC transport in zmq. Each call names its own socket path prefix: two kernels
+    started at once would otherwise race for the same default ``kernel-ipc-<n>`` files in the working directory."""
+    import tempfile
+    import uuid
+
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc",
+                                     "ip": os.path.join(tempfile.gettempdir(), f"uws-kernel-{uuid.uuid4().hex[:12]}")}})
+
+
 def execute_inplace(path: Path, timeout: int | None = 1800) -> None:
     """Execute one notebook in its own directory and write it back with clean metadata."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_config(),
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     nbformat.write(clean_metadata(nb), path)
 
@@ -67,7 +88,7 @@ def execute_to_results(path: Path, timeout: int | None = 1800) -> Path:
     out = results_dir() / "executed" / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(path), str(out), cwd=str(path.parent), kernel_name="python3",
-                        execution_timeout=timeout, progress_bar=False)
+                        execution_timeout=timeout, progress_bar=False, config=kernel_config())
     return out
 
 
@@ -93,9 +114,15 @@ def build_population(name: str) -> None:
         raise RuntimeError(f"building population {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
 
 
-def schedule(tasks: dict, needs: dict, jobs: int) -> None:
+def schedule(tasks: dict, needs: dict, jobs: int, progress=None) -> None:
     """Run ``tasks`` (name -> callable, in priority order) on ``jobs`` slots; a task starts when every name in
-    ``needs[name]`` has finished. The first error stops new starts and is raised once the running ones end."""
+    ``needs[name]`` has finished. The first error stops new starts and is raised once the running ones end.
+    ``progress``: a tqdm bar (or None), updated once per finished task, its postfix naming the running ones."""
+
+    def show(running):
+        if progress is not None:
+            progress.set_postfix_str("running " + ", ".join(sorted(running.values())) if running else "")
+
     unknown = {d for ds in needs.values() for d in ds} - set(tasks)
     if unknown:
         raise KeyError(f"schedule: dependencies {sorted(unknown)} are not tasks")
@@ -105,6 +132,7 @@ def schedule(tasks: dict, needs: dict, jobs: int) -> None:
             for name in [n for n in pending if set(needs.get(n, ())) <= done][:jobs - len(running)]:
                 pending.remove(name)
                 running[pool.submit(tasks[name])] = name
+            show(running)
             if not running:
                 raise RuntimeError(f"schedule: {pending} wait on each other")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -115,6 +143,9 @@ def schedule(tasks: dict, needs: dict, jobs: int) -> None:
                     wait(running)
                     raise fut.exception()
                 done.add(name)
+                if progress is not None:
+                    progress.update(1)
+            show(running)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         tasks[path.name] = lambda path=path: run(path)
         needs[path.name] = [n for n in population_needs(path) if n in tasks]
     t_all = time.perf_counter()
-    schedule(tasks, needs, args.jobs)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from uws_core.linalg import progress
+
+    with progress.bar(len(tasks), "reproduce", unit="task") as bar, logging_redirect_tqdm():
+        schedule(tasks, needs, args.jobs, bar)
     log.info("%d tasks done in %.1f s", len(tasks), time.perf_counter() - t_all)
     if not args.inplace:
         from uws_core.report.claims import write_ledger

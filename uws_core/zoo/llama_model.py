@@ -150,7 +150,7 @@ def _encode_sets(example_sets: list[list], tok: CharTokenizer) -> tuple[torch.Te
 
 
 def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, steps, seeds, cfg: LlamaSettings,
-                 tok: CharTokenizer | None = None) -> tuple[list[dict], np.ndarray]:
+                 tok: CharTokenizer | None = None, progress=None) -> tuple[list[dict], np.ndarray]:
     """Fully fine-tune G copies of ``base``, model i on ``train_sets[i]``, all in one batched forward per step.
 
     Model i draws ``cfg.batch_size`` distinct examples per step from ``np.random.default_rng(seeds[i])``;
@@ -159,6 +159,7 @@ def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, ste
     The loss is the sum over models of each model's mean answer NLL, so every model follows the trajectory it
     would follow alone, up to round-off (tests/test_llama_model.py checks it).
     Returns the trained states (float32, saved key names) and each model's mean loss over its last 10% steps.
+    ``progress``: anything with ``update(1)`` (a tqdm bar), called after every step; it only counts.
     """
     tok = tok or CharTokenizer()
     g, bs = len(train_sets), cfg.batch_size
@@ -203,6 +204,8 @@ def train_models(base: dict[str, torch.Tensor], train_sets: list[list], lrs, ste
                     update = update + cfg.weight_decay * p
                 p.sub_(lr.view(shape) * update)
         losses[step, active.numpy()] = nll.detach().numpy()  # nan once a model is done
+        if progress is not None:
+            progress.update(1)
     tail = [float(np.nanmean(losses[max(0, s - max(1, s // 10)):s, i])) for i, s in enumerate(steps)]
     states = [{k: v[i].detach().clone() for k, v in params.items()} for i in range(g)]
     return states, np.asarray(tail)

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from uws_core.zoo import llama_tasks, tinylm
+from uws_core.linalg import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.zoo.llama_model import (MATRIX_TYPES, _hf_model, compute_settings, evaluate_models, init_state,
                                   llama_config, llama_logits, load_state, save_llama, train_models)
@@ -195,15 +196,18 @@ def _build(cfg: LlamaZooConfig, out: Path) -> dict:
     # --- base: instruction tuning on the canonical formats and part of the other combinations (English)
     model = _hf_model(cfg, tok.vocab_size, cfg.base_seed)
     mixture = BaseMixture(tasks, seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
-    base_losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
-                                    warmup=min(100, cfg.base_steps // 10 + 1))
+    with progress_bars.bar(cfg.base_steps, "base steps", level=1) as bar:
+        base_losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
+                                        warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     timings["base_train_s"] = time.perf_counter() - t0
     # --- full fine-tunes, all at once
     t = time.perf_counter()
     plan = _plan(cfg, tasks)
-    states, final_loss = train_models(base, [_examples(j, by_name, "train") for j in plan], [j["lr"] for j in plan],
-                                      [j["steps"] for j in plan], [j["seed"] for j in plan], cfg, tok)
+    with progress_bars.bar(max(j["steps"] for j in plan), f"{len(plan)} fine-tunes, steps", level=1) as bar:
+        states, final_loss = train_models(base, [_examples(j, by_name, "train") for j in plan],
+                                          [j["lr"] for j in plan], [j["steps"] for j in plan],
+                                          [j["seed"] for j in plan], cfg, tok, progress=bar)
     timings["finetune_train_s"] = time.perf_counter() - t
     # --- held-out (test split) loss and accuracy of each fine-tune and of the base on the same examples
     t = time.perf_counter()

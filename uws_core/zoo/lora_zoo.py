@@ -44,6 +44,7 @@ import torch
 from uws_core.zoo import tasks as tasks_mod
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
 from uws_core.linalg.numerics import compute_settings, kernel_report
+from uws_core.linalg import progress as progress_bars
 from uws_core.zoo import tinylm
 
 __all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir", "code_digest"]
@@ -257,8 +258,6 @@ def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = F
     """The instruction-tuned base of ``cfg`` in ``<cache_root>/lora_base_<base_key>/`` (trained once, verified by
     :mod:`uws_core.weights.cache`): populations that differ only in their adapter seed share it bit for bit, and the
     most expensive step of a build (about two thirds of it) runs once."""
-    from tqdm.auto import tqdm
-
     def build(tmp: Path) -> dict:
         t0 = time.perf_counter()
         tok = tasks_mod.CharTokenizer()
@@ -267,7 +266,7 @@ def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = F
         model = tinylm.new_base_model(mcfg, cfg.base_seed)
         mixture = tasks_mod.BaseMixture(_make_tasks(cfg), seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
         with torch.random.fork_rng(), compute_settings(cfg.num_threads), \
-                tqdm(total=cfg.base_steps, desc="base", disable=not progress, mininterval=1.0) as bar:
+                progress_bars.bar(cfg.base_steps, "base steps", level=1, show=progress) as bar:
             torch.manual_seed(cfg.base_seed)
             losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
                                        warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
@@ -279,7 +278,6 @@ def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = F
 
 
 def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Path) -> None:
-    from tqdm.auto import tqdm
     from transformers import MistralForCausalLM
 
     from uws_core.weights.cache import read_info
@@ -313,7 +311,7 @@ def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Pat
     lora = tinylm.MultiLora(model, n, cfg.lora_r, cfg.lora_alpha, cfg.target_modules)
     for j in range(n):
         lora.init_A(j, init_seeds[j])
-    with tqdm(total=cfg.lora_steps, desc=f"{n} LoRAs", disable=not progress, mininterval=1.0) as bar:
+    with progress_bars.bar(cfg.lora_steps, f"{n} LoRAs, steps", level=1, show=progress) as bar:
         losses = tinylm.train_adapters(lora, [task.train for task in tasks], tok, cfg.lora_steps,
                                        cfg.lora_batch_per_adapter, cfg.lora_lr, seeds, progress=bar)
     timings["lora_train_s"] = time.perf_counter() - t

@@ -74,7 +74,7 @@ def load(kind: str, seed: int = 0, cache_dir=None, tiny: bool = False):
     cfg = config_for(kind, seed, tiny)
     if kind == "lora":
         from uws_core.zoo.lora_zoo import build_lora_population
-        return build_lora_population(cfg, cache_dir=cache_dir, progress=False)
+        return build_lora_population(cfg, cache_dir=cache_dir, progress=True)  # bars only on a terminal
     if kind == "vit":
         from uws_core.zoo.vit_zoo import build_vit_populations
         return build_vit_populations(cfg, cache_dir=cache_dir)
@@ -84,17 +84,33 @@ def load(kind: str, seed: int = 0, cache_dir=None, tiny: bool = False):
 
 def build(name: str, cache_dir=None, tiny: bool = False) -> tuple[str, str, float, str, str]:
     """Build one population by name; returns (name, cache directory, seconds, fingerprint, profile)."""
+    from uws_core.linalg import progress
     from uws_core.weights.fingerprints import population_fingerprint
     from uws_core.linalg.numerics import profile
 
     kind, seed = _parse(name)
     t0 = time.perf_counter()
-    root = load(kind, seed, cache_dir, tiny).root
+    with progress.labelled(f"tiny/{name}" if tiny else name):
+        root = load(kind, seed, cache_dir, tiny).root
     return name, str(root), time.perf_counter() - t0, population_fingerprint(root), profile()
 
 
+def _worker_slot(counter) -> None:
+    """Pool initializer: give this worker the next free progress-bar slot (:func:`uws_core.linalg.progress.set_slot`)."""
+    from uws_core.linalg import progress
+
+    with counter.get_lock():
+        progress.set_slot(counter.value)
+        counter.value += 1
+
+
 def build_all(names=None, workers: int = 2, cache_dir=None, tiny: bool = False) -> list[tuple]:
-    """Build the named populations (default all), ``workers`` at a time (1: in this process)."""
+    """Build the named populations (default all), ``workers`` at a time (1: in this process); on a terminal a
+    bar counts the populations built and each build shows its models and steps (:mod:`uws_core.linalg.progress`)."""
+    import multiprocessing
+
+    from uws_core.linalg import progress
+
     names = population_names() if names is None else list(names)
     for n in names:
         _parse(n)
@@ -102,8 +118,14 @@ def build_all(names=None, workers: int = 2, cache_dir=None, tiny: bool = False) 
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(names) == 1:
         return [build(n, cache_dir, tiny) for n in names]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(build, names, [cache_dir] * len(names), [tiny] * len(names)))
+    with progress.bar(len(names), "populations") as bar, \
+            ProcessPoolExecutor(max_workers=workers, initializer=_worker_slot,
+                                initargs=(multiprocessing.Value("i", 0),)) as pool:
+        rows = []
+        for row in pool.map(build, names, [cache_dir] * len(names), [tiny] * len(names)):
+            rows.append(row)
+            bar.update(1)
+        return rows
 
 
 def fingerprint_tiny(seed: int = 0, kinds=("llama", "lora", "vit")) -> dict[str, str]:

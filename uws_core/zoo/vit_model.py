@@ -203,20 +203,22 @@ def _class_mask(n_classes: list[int], n_labels: int) -> torch.Tensor:
 
 
 def train_models(states: list[dict], tasks: list[str], lrs, epochs, weight_decays, seeds,
-                 config: VitSettings) -> tuple[list[dict], list[float]]:
+                 config: VitSettings, progress=None) -> tuple[list[dict], list[float]]:
     """Train G models at once with AdamW, each on its own task's train split and hyperparameters.
 
     Each model takes ``ceil(epochs * n_train / batch_size)`` steps of ``batch_size`` examples drawn from
     its own shuffled epochs (seeded by its ``seed``); models that finish early stop updating (lr 0).
     Weight decay applies to tensors with >= 2 dimensions. Returns the trained states (heads cut back to
     the task's classes) and each model's mean training loss over its last epoch. Runs on ``TRAIN_THREADS``
-    threads, so the bits do not depend on the caller's thread setting.
+    threads, so the bits do not depend on the caller's thread setting. ``progress``: anything with
+    ``update(1)`` and ``reset(total)`` (a tqdm bar), reset to the group's step count and updated after every
+    step; it only counts.
     """
     with _single_thread():
-        return _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config)
+        return _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, progress)
 
 
-def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config):
+def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, progress=None):
     g, bs = len(states), config.batch_size
     tks = [parse_task(t) for t in tasks]
     data = [task_data(t, "train", config.test_fraction, config.split_seed) for t in tks]
@@ -237,6 +239,8 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config):
     b1, b2, adam_eps = 0.9, 0.999, 1e-8
     losses = [[] for _ in range(g)]
     gi = torch.arange(g).unsqueeze(1)
+    if progress is not None:
+        progress.reset(total=max(steps))
     for step in range(max(steps)):
         idx = torch.from_numpy(np.stack([o[min(step, len(o) - 1)] for o in order]))  # (G, B)
         logits = vit_logits(params, xs[gi, idx], config) + mask  # (G, B, n_labels)
@@ -260,6 +264,8 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config):
         for i, s in enumerate(steps):
             if s - int(math.ceil(len(data[i][1]) / bs)) <= step < s:  # the model's last epoch
                 losses[i].append(step_loss[i])
+        if progress is not None:
+            progress.update(1)
     return _unstack_states(params, n_classes), [float(np.mean(v)) for v in losses]
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from uws_core.linalg import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.zoo.vit_model import (evaluate_states, init_state, load_state, save_vit, train_models, vit_config,
                                 vit_logits)
@@ -128,18 +129,21 @@ class VitPopulations:
         return evaluate_states(states, tasks, self.config, split)
 
 
-def _train_jobs(jobs: list[dict], config: VitZooConfig, init) -> list[tuple[dict, dict]]:
-    """Train jobs in groups of ``group_size`` (sorted by step count so a group finishes together)."""
+def _train_jobs(jobs: list[dict], config: VitZooConfig, init, what: str = "models") -> list[tuple[dict, dict]]:
+    """Train jobs in groups of ``group_size`` (sorted by step count so a group finishes together); progress bars
+    (:mod:`uws_core.linalg.progress`) count the ``what`` models trained and the current group's steps."""
     by_cost = sorted(range(len(jobs)), key=lambda i: -jobs[i]["epochs"] * len(task_data(
         jobs[i]["task"], "train", config.test_fraction, config.split_seed)[1]))
     out: list = [None] * len(jobs)
-    for i0 in range(0, len(jobs), config.group_size):
-        grp = [jobs[i] for i in by_cost[i0:i0 + config.group_size]]
-        states, loss = train_models([init(j) for j in grp], [j["task"] for j in grp], [j["lr"] for j in grp],
-                                    [j["epochs"] for j in grp], [j["weight_decay"] for j in grp],
-                                    [j["seed"] for j in grp], config)
-        for i, st, lo in zip(by_cost[i0:i0 + config.group_size], states, loss):
-            out[i] = (st, {"final_train_loss": lo})
+    with progress_bars.bar(len(jobs), what) as models_bar, progress_bars.bar(None, "steps", level=1) as steps_bar:
+        for i0 in range(0, len(jobs), config.group_size):
+            grp = [jobs[i] for i in by_cost[i0:i0 + config.group_size]]
+            states, loss = train_models([init(j) for j in grp], [j["task"] for j in grp], [j["lr"] for j in grp],
+                                        [j["epochs"] for j in grp], [j["weight_decay"] for j in grp],
+                                        [j["seed"] for j in grp], config, progress=steps_bar)
+            for i, st, lo in zip(by_cost[i0:i0 + config.group_size], states, loss):
+                out[i] = (st, {"final_train_loss": lo})
+            models_bar.update(len(grp))
     return out
 
 
@@ -148,7 +152,7 @@ def _build(config: VitZooConfig, out: Path) -> pd.DataFrame:
                     epochs=config.base_epochs, weight_decay=config.weight_decay, seed=config.seed, group="")
     n_cls = lambda job: parse_task(job["task"]).n_classes  # noqa: E731
     t0 = time.perf_counter()
-    (base, info), = _train_jobs([base_job], config, lambda j: init_state(config, n_cls(j), j["seed"]))
+    (base, info), = _train_jobs([base_job], config, lambda j: init_state(config, n_cls(j), j["seed"]), "base")
     log.info("base trained in %.1f s", time.perf_counter() - t0)
 
     def from_base(job):  # the base's weights with a fresh head for the task's classes
@@ -159,7 +163,7 @@ def _build(config: VitZooConfig, out: Path) -> pd.DataFrame:
     for plan, init in ((finetune_plan(config), from_base),
                        (scratch_plan(config), lambda j: init_state(config, n_cls(j), j["seed"]))):
         t0 = time.perf_counter()
-        for job, (st, info) in zip(plan, _train_jobs(plan, config, init)):
+        for job, (st, info) in zip(plan, _train_jobs(plan, config, init, plan[0]["kind"] if plan else "")):
             rows.append(dict(job, **info))
             models.append(st)
         log.info("%d %s models trained in %.1f s", len(plan), plan[0]["kind"] if plan else "", time.perf_counter() - t0)
