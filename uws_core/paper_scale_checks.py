@@ -8,7 +8,9 @@ cahlen/universal-subspace-stress-test (``data_manifests/published``), module by 
 on a GPU; ours is float64, so top-k EVR must agree to ``tol = 1e-3``. Their population is the first 100
 repository ids in sorted order (``download.py`` L21-25: ``sorted(repos)[:N]`` of the hub listing; see
 :func:`replication_adapter_ids`), module names as in ``analyze.py`` L46 (the PEFT key without
-``base_model.model.``).
+``base_model.model.``). Those 100 are not all in ``data_manifests/mistral7b_loras.csv`` (the authors' list lacks
+task020, task025, task036 and task046, which the replication's result files name): take the ids from the hub
+listing (docs/paper_scale.md).
 """
 
 from __future__ import annotations

@@ -94,14 +94,9 @@ def basis_only_reconstructions(stack: LoraStack, heldout: Iterable[int], ks: Seq
 def basis_only_accuracy(pop, ks: Sequence[int], tasks: Sequence[str] | None = None, split: str = "test") -> pd.DataFrame:
     """Accuracy of the basis-only reconstructions on each held-out task of a laptop LoRA population, in the
     long format of :func:`uws_core.lora_loo_accuracy.loo_reconstruction_accuracy` (recipe ``BASIS_ONLY``)."""
-    records = pop.records.reset_index(drop=True)
-    stack = LoraStack.from_states([pop.adapter_state(x) for x in records["adapter"]], list(records["adapter"]),
-                                  scaling=pop.scaling)
-    chosen = list(records["task"]) if tasks is None else list(tasks)
-    missing = [t for t in chosen if t not in set(records["task"])]
-    if missing:
-        raise KeyError(f"population has no adapter for task {missing[0]!r}")
-    heldout = [int(records.index[records["task"] == t][0]) for t in chosen]
+    from uws_core.lora_loo_accuracy import population_stack
+
+    records, stack, heldout = population_stack(pop, tasks)
     recon = basis_only_reconstructions(stack, heldout, ks, num_threads=pop.config.num_threads)
     return pd.DataFrame([dict(task=records.at[j, "task"], adapter=records.at[j, "adapter"], method="reconstruction",
                               recipe=BASIS_ONLY, add_mean=False, k=k, k_eff=k_eff,
