@@ -86,3 +86,17 @@ def test_basis_only_is_the_centred_projection_without_the_mean(stack):
         other = P.lora_products(uws_no_mean[(2, "product", False, 2)][0], float(stack.scalings[2]))[module].numpy()
         basis2 = P.lora_products(recon[(2, 2)][0], float(stack.scalings[2]))[module].numpy()
         assert np.abs(other - basis2).max() > 1e-3 * np.abs(basis2).max()
+
+
+def test_basis_only_accuracy_on_the_tiny_population(tmp_path):
+    from uws_core.lora_loo_accuracy import loo_reconstruction_accuracy
+    from uws_core.lora_zoo import LoraPopulationConfig, build_lora_population
+
+    pop = build_lora_population(LoraPopulationConfig.tiny(), cache_dir=tmp_path / "pop", progress=False)
+    tasks = list(pop.records["task"][:2])
+    df = rl.basis_only_accuracy(pop, ks=(0, 2), tasks=tasks)
+    assert len(df) == 4 and set(df.recipe) == {rl.BASIS_ONLY} and not df.add_mean.any()
+    base = loo_reconstruction_accuracy(pop, ks=(0,), recipes=("product",), add_means=(False,), tasks=tasks)
+    for t in tasks:  # k = 0: no update at all, the base model
+        got = df[(df.task == t) & (df.k == 0)].accuracy.item()
+        assert got == base[(base.task == t) & (base.method == "base")].accuracy.item()
