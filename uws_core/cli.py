@@ -147,8 +147,9 @@ def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: s
         d_out, r, d_in = aset.shape(key)
         layer, module = parse_module_key(key)
         out[key] = {"layer": layer, "module": module, "shape": [d_out, d_in], "rank": r, "N": len(aset),
-                    "lora_A": spectrum_summary(spec_a, k), "lora_B": spectrum_summary(spec_b, k),
-                    "product": {**spectrum_summary(spec_p, k), "scaled": s is not None}}
+                    "lora_A": {**spectrum_summary(spec_a, k), "recipe": "authors-subspace"},
+                    "lora_B": {**spectrum_summary(spec_b, k), "recipe": "authors-subspace"},
+                    "product": {**spectrum_summary(spec_p, k), "scaled": s is not None, "recipe": None}}
     return out
 
 

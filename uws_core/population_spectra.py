@@ -405,9 +405,10 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
         acc_p.add(b, a, name=name, scaling=float(aset.scalings[i]) if scaled else 1.0)  # s_i B_i @ A_i or B_i @ A_i
         t_load, t_comp = t_load + t1 - t0, t_comp + time.perf_counter() - t1
     t0 = time.perf_counter()
-    spectra = {"lora_A": summarize(acc_a.finalize(k=0), ks, thresholds, evr_head),
-               "lora_B": summarize(acc_b.finalize(k=0), ks, thresholds, evr_head),
-               "product": {**summarize(acc_p.finalize(k=0), ks, thresholds, evr_head), "scaled": scaled}}
+    spectra = {"lora_A": {**summarize(acc_a.finalize(k=0), ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "lora_B": {**summarize(acc_b.finalize(k=0), ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "product": {**summarize(acc_p.finalize(k=0), ks, thresholds, evr_head), "scaled": scaled,
+                           "recipe": None}}
     t_comp += time.perf_counter() - t0
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}

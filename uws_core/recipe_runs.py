@@ -151,7 +151,9 @@ def population_key(recipe: str, scaling: str, pop, key, unfolding, center, ks, t
 
 
 def finish_summary(summary: dict) -> dict:
-    """Population summary of a recipe run: the authors' average figure for authors-pca."""
+    """Population summary of a run: ``recipe`` (None for the generic unfolding) and, for authors-pca, the
+    authors' average figure."""
+    summary.setdefault("recipe", None)
     if summary.get("recipe") == "authors-pca" and summary["keys"]:
         summary["authors_figure_evr"] = figure_evr(summary["keys"])
     return summary
