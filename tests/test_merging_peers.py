@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_causal_lm, write_adapters
+from conftest import tiny_causal_lm, write_adapters
 from uws_core import merging as M
 from uws_core.peft_merge import peft_factor_merge
 from uws_core.peft_state import lora_pair_from_dense

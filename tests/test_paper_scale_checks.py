@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import write_adapters
+from conftest import write_adapters
 from uws_core import paper_scale_checks as psc
 from uws_core.adapters import AdapterSet
 

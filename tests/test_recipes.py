@@ -21,7 +21,7 @@ import torch
 from safetensors.numpy import load_file
 from sklearn.decomposition import PCA
 
-from tests.conftest import write_adapters, write_checkpoints
+from conftest import write_adapters, write_checkpoints
 from uws_core import recipes
 from uws_core.adapters import AdapterSet
 from uws_core.cli import main

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import write_adapters
+from conftest import write_adapters
 from uws_core import lora_projection as lp, peft_state as P, replication_loo as rl
 
 TOL = 1e-10

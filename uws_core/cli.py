@@ -175,7 +175,8 @@ def run_spectrum(args: argparse.Namespace) -> dict:
         raise CliInputError(f"no key matches --keys {args.keys!r} (e.g. {all_keys[0]!r})")
     log.info("%d %s, %d keys", len(pop), kind, len(keys))
     if args.recipe is not None:
-        results = recipe_runs.recipe_spectra(pop, kind, keys, args.recipe, scaling, args.k, device=args.device)
+        results = recipe_runs.recipe_spectra(pop, kind, keys, args.recipe, scaling, args.k, spectrum_summary,
+                                             checkpoint_spectra, device=args.device)
         extra = {"recipe": args.recipe, "recipe_source": recipes.SOURCES[args.recipe],
                  **({"scaling": scaling} if args.recipe == "replication" else {})}
         if args.recipe == "authors-pca":

@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uws_core import published
 from uws_core.device import ACCUM_DTYPE, pick_device
 from uws_core.lora import FactoredModelBasis, lora_product_spectrum
 from uws_core.peft_state import compact_lora_pair, join_lora_state, split_lora_state
@@ -47,18 +46,13 @@ from uws_core.subspace import eigh_descending, model_axis_eigen
 
 __all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "LoraStack",
            "fit_factor_basis", "project_factors", "ProductLeaveOneOut", "loo_reconstructions",
-           "mean_of_others", "loo_relative_errors", "REPLICATION_BASIS_ONLY"]
+           "mean_of_others", "loo_relative_errors"]
 
 RECIPES = ("factors", "product")
 #: Control: the factor recipe with random orthonormal bases of the same sizes (seeded per held-out adapter
 #: and module) in place of the fitted U_A, U_B: what any k-dim subspace keeps, with no information at all.
 CONTROLS = ("factors_random",)
 K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
-#: The replication's "basis without the mean" accuracy, V V^T (dW - mean) at k = 16 (mean_vs_basis.py L212-219),
-#: from its result files (uws_core.published.LORA_LOO): N = 500 and N = 100, against its base model's accuracy.
-_LOO = published.LORA_LOO["replication"]
-REPLICATION_BASIS_ONLY = (f"{_LOO['basis_only'][0]}-{_LOO['basis_only'][1]}% at k = 16 (N = 500 / 100; "
-                          f"base {_LOO['base']}%)")
 
 
 def _threads(num_threads: int | None):

@@ -325,7 +325,9 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
             skipped.append(key)
             continue
         bar.set_postfix_str(key[-40:])
-        fn = (functools.partial(recipe_runs.population_key, recipe, scaling) if recipe is not None
+        fn = (functools.partial(recipe_runs.population_key, recipe, scaling, summarize=summarize, key_header=_key_header,
+                                memory_bound_bytes=memory_bound_bytes, model_axis_chunk=model_axis_chunk)
+              if recipe is not None
               else functools.partial(_adapter_key, scaled=scaling == "alpha-over-r") if kind == "adapters"
               else _checkpoint_key)
         res = fn(population, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev, max_key_bytes, out)

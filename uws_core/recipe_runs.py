@@ -15,7 +15,7 @@ import time
 from tqdm.auto import tqdm
 
 from uws_core import recipes
-from uws_core.adapters import parse_module_key
+from uws_core.adapters import AdapterSet, parse_module_key
 from uws_core.spectral import StreamingSpectrum
 
 REPLICATION_RECON_KS = (1, 2, 4, 8, 16, 32, 64)
@@ -78,10 +78,10 @@ def check_kind(recipe: str | None, kind: str) -> None:
 
 # ------------------------------------------------------------------------------ uws spectrum --recipe
 
-def recipe_spectra(pop, kind: str, keys: list[str], recipe: str, scaling: str, k: int, device=None) -> dict:
-    """``uws spectrum --recipe``: per key, the spectra of a named recipe, summarised as the CLI's ``spectrum_summary``."""
-    from uws_core.cli import checkpoint_spectra, spectrum_summary
-
+def recipe_spectra(pop, kind: str, keys: list[str], recipe: str, scaling: str, k: int, spectrum_summary,
+                   checkpoint_spectra, device=None) -> dict:
+    """``uws spectrum --recipe``: per key, the spectra of a named recipe, summarised by the CLI's
+    ``spectrum_summary(spec, k)``; checkpoints go through its ``checkpoint_spectra`` (rows, models)."""
     check_kind(recipe, kind)
     summ = lambda spec: spectrum_summary(spec, k)  # noqa: E731
     out = {}
@@ -118,11 +118,9 @@ def run_settings(recipe: str | None, scaling: str) -> dict:
 
 
 def population_key(recipe: str, scaling: str, pop, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
-                   max_key_bytes, out) -> dict:
-    """``population_spectra``'s per-key function for a named recipe (same arguments as its ``_adapter_key``)."""
-    from uws_core.population_spectra import (AdapterSet, _key_header, memory_bound_bytes, model_axis_chunk,
-                                             summarize)
-
+                   max_key_bytes, out, *, summarize, key_header, memory_bound_bytes, model_axis_chunk) -> dict:
+    """``population_spectra``'s per-key function for a named recipe (same arguments as its ``_adapter_key``); the
+    keyword helpers are population_spectra's own (passed in, so this module does not import it back)."""
     summ = lambda spec: summarize(spec, ks, thresholds, evr_head)  # noqa: E731
     t0 = time.perf_counter()
     if isinstance(pop, AdapterSet):
@@ -133,7 +131,7 @@ def population_key(recipe: str, scaling: str, pop, key, unfolding, center, ks, t
         b, a = pop.factors(key)  # (N, d_out, r), (N, r, d_in) float64, as stored
         seed = NULL_SEED + list(pop.module_keys).index(key)
         spectra = lora_recipe_parts(b, a, pop.scalings, recipe, scaling, summ, device=dev, key=key, null_seed=seed)
-        header = _key_header(key, pop, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)")
+        header = key_header(key, pop, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)")
         return {**header, "rank": r, "recipe": recipe, "spectra": spectra, "memory_bound_bytes": bound,
                 "timing": {"compute_s": time.perf_counter() - t0}}
     check_kind(recipe, "checkpoints")
@@ -145,7 +143,7 @@ def population_key(recipe: str, scaling: str, pop, key, unfolding, center, ks, t
     for i, name in enumerate(pop.names):
         acc.add(pop.load(i, key), name=name)  # (d_out, d_in), oriented as analysed
     spec = acc.finalize(k=0)
-    return {**_key_header(key, pop, shape, pop.stored_shapes[key], pop.orientation[key]), "recipe": recipe,
+    return {**key_header(key, pop, shape, pop.stored_shapes[key], pop.orientation[key]), "recipe": recipe,
             "stored_dtype": pop.stored_dtype(key), "spectra": {"weight": _authors_part(spec, summ)},
             "memory_bound_bytes": bound, "timing": {"compute_s": time.perf_counter() - t0}}
 
