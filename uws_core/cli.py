@@ -24,6 +24,12 @@ For adapters three spectra are reported per module key:
 * ``product``: the weight updates P_i = s_i B_i @ A_i (s_i = alpha/r of adapter i) with the given
   ``--unfolding`` and ``--center``, computed in factored form (no (N, d_out, d_in) stack is formed).
 
+``--recipe NAME`` replaces the generic unfolding by a peer's recipe (:mod:`uws_core.linalg.recipes`): authors-pca
+(toshi2k2/unisub run_pca.py: mean matrix removed, rows stacked; A (N r, d_in), B (N d_out, r); checkpoints
+too), authors-subspace (unisub NLG/get_subspaceadapter.py: the lora_A / lora_B views above) or replication
+(cahlen/universal-subspace-stress-test analyze.py: B@A unscaled, model axis, with its null). ``--scaling``
+chooses alpha/r or none for the product. The output's ``recipe`` field names what was computed.
+
 DIRS are adapter directories (``adapter_config.json``), checkpoint directories (``model.safetensors``
 or ``model.safetensors.index.json``) or roots holding many of one kind; mixing kinds is refused.
 ``main(argv)`` never calls ``sys.exit`` on success, so it can be called from a notebook or a test.
@@ -40,13 +46,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
 from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
 from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
+from uws_core.weights import recipe_runs
+from uws_core.linalg import recipes
 from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.recipes import RECIPES, SCALINGS
+from uws_core.report.spectra_report import spectrum_table
 from uws_core.linalg.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
 
 log = logging.getLogger(__name__)
@@ -130,25 +139,32 @@ def checkpoint_spectra(cs: CheckpointSet, keys: list[str], unfolding: str, cente
 
 
 def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: str, k: int,
-                    device=None) -> dict:
-    """Per module key: lora_A and lora_B spectra (authors' recipe) and the factored B@A spectrum."""
+                    device=None, scaling: str = "alpha-over-r") -> dict:
+    """Per module key: lora_A and lora_B spectra (the authors-subspace recipe) and the factored B@A spectrum."""
     out = {}
     for key in tqdm(keys, desc="module keys", disable=None):
         b, a = aset.factors(key)  # (N, d_out, r), (N, r, d_in), as stored
         spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
         # P_i = s_i B_i @ A_i, the weight update itself (s_i = alpha_i / r)
+        s = recipes.product_scaling(scaling, aset.scalings)
         spec_p = lora_product_spectrum(b, a, unfolding=unfolding, center=center, k=0, device=device,
-                                       scaling=aset.scalings, key=key)
+                                       scaling=s, key=key)
         d_out, r, d_in = aset.shape(key)
         layer, module = parse_module_key(key)
         out[key] = {"layer": layer, "module": module, "shape": [d_out, d_in], "rank": r, "N": len(aset),
-                    "lora_A": spectrum_summary(spec_a, k), "lora_B": spectrum_summary(spec_b, k),
-                    "product": {**spectrum_summary(spec_p, k), "scaled": True}}
+                    "lora_A": {**spectrum_summary(spec_a, k), "recipe": "authors-subspace"},
+                    "lora_B": {**spectrum_summary(spec_b, k), "recipe": "authors-subspace"},
+                    "product": {**spectrum_summary(spec_p, k), "scaled": s is not None, "recipe": None}}
     return out
 
 
 def run_spectrum(args: argparse.Namespace) -> dict:
     """Compute the ``spectrum`` subcommand's result dictionary (no file written)."""
+    if args.recipe is None and args.unfolding is None:
+        raise CliInputError("give --unfolding (with --center) or --recipe")
+    if args.recipe is not None and args.unfolding is not None:
+        raise CliInputError("--recipe fixes the unfolding and centring; do not also give --unfolding")
+    scaling = args.scaling or recipes.DEFAULT_SCALING[args.recipe]
     kind, dirs, names = find_population(args.dirs)
     if kind == "kohya":
         raise CliInputError("kohya LoRAs (ranks differ per adapter): use `uws spectra DIRS --out DIR`")
@@ -163,39 +179,28 @@ def run_spectrum(args: argparse.Namespace) -> dict:
     if not keys:
         raise CliInputError(f"no key matches --keys {args.keys!r} (e.g. {all_keys[0]!r})")
     log.info("%d %s, %d keys", len(pop), kind, len(keys))
-    fn = adapter_spectra if kind == "adapters" else checkpoint_spectra
-    results = fn(pop, keys, args.unfolding, args.center, args.k, device=args.device)
+    if args.recipe is not None:
+        results = recipe_runs.recipe_spectra(pop, kind, keys, args.recipe, scaling, args.k, spectrum_summary,
+                                             checkpoint_spectra, device=args.device)
+        extra = {"recipe": args.recipe, "recipe_source": recipes.SOURCES[args.recipe],
+                 **({"scaling": scaling} if args.recipe == "replication" else {})}
+        if args.recipe == "authors-pca":
+            extra["authors_figure_evr"] = recipe_runs.figure_evr(results)
+        unfolding = center = None
+    else:
+        if kind == "adapters":
+            results = adapter_spectra(pop, keys, args.unfolding, args.center, args.k, device=args.device,
+                                      scaling=scaling)
+        else:
+            results = checkpoint_spectra(pop, keys, args.unfolding, args.center, args.k, device=args.device)
+        extra = {"recipe": None, **({"scaling": scaling} if kind == "adapters" else {})}
+        unfolding, center = args.unfolding, args.center
     return {
         "format": "uws-spectrum", "format_version": FORMAT_VERSION, "source": kind,
         "n_models": len(pop), "models": pop.names, "dirs": [str(d) for d in dirs],
-        "unfolding": args.unfolding, "center": args.center, "k": args.k, "keys_regex": args.keys,
+        "unfolding": unfolding, "center": center, "k": args.k, "keys_regex": args.keys, **extra,
         "keys": results,
     }
-
-
-def spectrum_table(result: dict) -> str:
-    """A short terminal table of a ``uws spectrum`` result: one line per module type and spectrum, with the
-    number of keys, the matrix shape, the mean over those keys of the top-k cumulative EVR and of the k
-    reaching 50/90/99% of the variance."""
-    groups: dict[tuple, list] = {}
-    for key, res in result["keys"].items():
-        names = ("lora_A", "lora_B", "product") if result["source"] == "adapters" else (None,)
-        for name in names:
-            spec = res if name is None else res[name]
-            groups.setdefault((res["module"], name or "weight"), []).append(spec)
-    k = result["k"]
-    head = ["module", "spectrum", "keys", "shape", f"top-{k} EVR", "k@50%", "k@90%", "k@99%"]
-    rows = []
-    for (module, name), specs in groups.items():
-        shapes = sorted({"x".join(map(str, s["shape"])) for s in specs})
-        rows.append([module, name, str(len(specs)), shapes[0] if len(shapes) == 1 else f"{len(shapes)} shapes",
-                     f"{np.mean([s['top_k_evr'] for s in specs]):.3f}"]
-                    + [f"{np.mean([s['k_at'][t] for s in specs]):.1f}" for t in ("0.5", "0.9", "0.99")])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    title = (f"{result['unfolding']} unfolding, centre {result['center']}, N={result['n_models']} "
-             f"{result['source']} (means over the keys of each module type)")
-    return "\n".join([title, fmt(head), *map(fmt, rows)]) + "\n"
 
 
 def write_json(obj: dict, out: Path) -> None:
@@ -219,8 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                         description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sp.add_argument("dirs", nargs="+", type=Path, metavar="DIRS",
                     help="adapter or checkpoint directories, or roots holding many of one kind")
-    sp.add_argument("--unfolding", required=True, choices=UNFOLDINGS,
-                    help="rows: (N*d_out, d_in); cols: (N*d_in, d_out); model: (N, d_out*d_in)")
+    sp.add_argument("--unfolding", default=None, choices=UNFOLDINGS,
+                    help="rows: (N*d_out, d_in); cols: (N*d_in, d_out); model: (N, d_out*d_in) (or give --recipe)")
+    sp.add_argument("--recipe", default=None, choices=RECIPES,
+                    help="a peer's recipe by name instead of --unfolding/--center (see uws_core.linalg.recipes)")
+    sp.add_argument("--scaling", default=None, choices=SCALINGS,
+                    help="LoRA product B@A times alpha/r or not (default: alpha-over-r; none with --recipe)")
     sp.add_argument("--center", default="models", choices=CENTERS,
                     help="none; models: subtract the mean matrix (default); samples: subtract the mean sample")
     sp.add_argument("--k", type=int, default=16, help="report the cumulative EVR of the top k (default 16)")
@@ -239,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--resume", action="store_true", help="continue a run in --out: keys already written are skipped")
     ss.add_argument("--unfolding", default="rows", choices=UNFOLDINGS, help="default rows (the authors' recipe)")
     ss.add_argument("--center", default="models", choices=CENTERS, help="default models (subtract the mean matrix)")
+    ss.add_argument("--recipe", default=None, choices=RECIPES,
+                    help="a peer's recipe by name instead of --unfolding/--center (see uws_core.linalg.recipes)")
+    ss.add_argument("--scaling", default=None, choices=SCALINGS,
+                    help="LoRA product B@A times alpha/r or not (default: alpha-over-r; none with --recipe)")
     ss.add_argument("--keys", default=None, metavar="REGEX", help="only keys matching this regex (re.search)")
     ss.add_argument("--basis-k", type=int, default=0, help="also save the top-k basis per key (checkpoints, rows/cols)")
     ss.add_argument("--max-key-gib", type=float, default=None,
@@ -299,10 +312,11 @@ def run_spectra(args: argparse.Namespace) -> str:
     pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
            else KohyaLoraSet.from_dirs(dirs, names=names) if kind == "kohya"
            else MatrixPopulation(dirs, names=names, strict=not args.allow_missing_keys))
+    scaling = args.scaling or recipes.DEFAULT_SCALING[args.recipe]
     res = population_spectra(pop, args.out, args.unfolding, args.center, keys=args.keys, basis_k=args.basis_k,
-                             resume=args.resume, device=args.device,
+                             resume=args.resume, device=args.device, recipe=args.recipe, scaling=scaling,
                              max_key_bytes=None if args.max_key_gib is None else args.max_key_gib * 2 ** 30)
-    return (f"spectra of {len(res['keys'])} keys x {res['n_models']} {kind} in {args.out} "
+    return (f"{args.recipe or 'generic'} spectra of {len(res['keys'])} keys x {res['n_models']} {kind} in {args.out} "
             f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit); "
             f"`uws report {args.out}` renders a page of it")
 

@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``views``.
+Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -13,6 +13,7 @@ from uws_core import lazy_exports
 _API = {
     "AUTHORS_FACTOR_VIEWS": "views",
     "Adapter": "adaptation",
+    "BASIS_ONLY": "replication_loo",
     "CONTROLS": "lora_projection",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
@@ -22,9 +23,11 @@ _API = {
     "PAPER_SHAPES": "compression",
     "ProductLeaveOneOut": "lora_projection",
     "RECIPES": "lora_projection",
-    "REPLICATION_BASIS_ONLY": "lora_projection",
     "SubspaceBasis": "merging",
+    "TIES_CONVENTIONS": "merging",
     "apply_delta": "merging",
+    "basis_only_accuracy": "replication_loo",
+    "basis_only_reconstructions": "replication_loo",
     "bootstrap_mean_ci": "lora_loo_accuracy",
     "check_deltas": "merging",
     "checkpoint_key_spectra_with_null": "views",
@@ -35,6 +38,7 @@ _API = {
     "fit_subspace": "merging",
     "full_numbers": "compression",
     "functional_forward": "adaptation",
+    "in_sample_relative_errors": "replication_loo",
     "lm_loss_fn": "adaptation_tasks",
     "loo_reconstruction_accuracy": "lora_loo_accuracy",
     "loo_reconstructions": "lora_projection",
@@ -47,6 +51,8 @@ _API = {
     "mean_merge": "merging",
     "mean_of_others": "lora_projection",
     "norm": "merging",
+    "peft_factor_merge": "peft_merge",
+    "population_stack": "lora_loo_accuracy",
     "project_factors": "lora_projection",
     "random_basis": "adaptation",
     "random_factor_basis": "lora_projection",
@@ -69,6 +75,7 @@ _API = {
     "vit_loss_fn": "adaptation_tasks",
     "vit_split": "adaptation_tasks",
     "vit_validation_indices": "merging",
+    "with_scaling": "replication_loo",
 }
 
 __all__ = sorted(_API)

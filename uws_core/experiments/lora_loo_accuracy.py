@@ -15,7 +15,7 @@ import pandas as pd
 
 from uws_core.experiments.lora_projection import K_GRID, RECIPES, LoraStack, loo_reconstructions, mean_of_others
 
-__all__ = ["loo_reconstruction_accuracy", "bootstrap_mean_ci"]
+__all__ = ["loo_reconstruction_accuracy", "bootstrap_mean_ci", "population_stack"]
 
 
 def loo_reconstruction_accuracy(pop, ks: Sequence[int] = K_GRID, recipes: Sequence[str] = RECIPES,
@@ -37,14 +37,7 @@ def loo_reconstruction_accuracy(pop, ks: Sequence[int] = K_GRID, recipes: Sequen
 
         df = loo_reconstruction_accuracy(pop, ks=(16,), recipes=("product",), add_means=(True,), baselines=False)
     """
-    records = pop.records.reset_index(drop=True)
-    stack = LoraStack.from_states([pop.adapter_state(a) for a in records["adapter"]], list(records["adapter"]),
-                                  scaling=pop.scaling)
-    chosen = list(records["task"]) if tasks is None else list(tasks)
-    missing = [t for t in chosen if t not in set(records["task"])]
-    if missing:
-        raise KeyError(f"population has no adapter for task {missing[0]!r}")
-    heldout = [int(records.index[records["task"] == t][0]) for t in chosen]
+    records, stack, heldout = population_stack(pop, tasks)
     threads = pop.config.num_threads
     recon = loo_reconstructions(stack, heldout, ks, recipes, add_means, num_threads=threads)
     rows = []
@@ -60,6 +53,18 @@ def loo_reconstruction_accuracy(pop, ks: Sequence[int] = K_GRID, recipes: Sequen
                 rows.append(dict(task=task, adapter=name, method="reconstruction", recipe=recipe, add_mean=add_mean,
                                  k=k, k_eff=k_eff, accuracy=pop.evaluate(task, state, split=split)))
     return pd.DataFrame(rows)
+
+
+def population_stack(pop, tasks: Sequence[str] | None = None):
+    """(records, LoraStack of every adapter, indices of the adapters of ``tasks``) of a laptop LoRA population."""
+    records = pop.records.reset_index(drop=True)
+    stack = LoraStack.from_states([pop.adapter_state(a) for a in records["adapter"]], list(records["adapter"]),
+                                  scaling=pop.scaling)
+    chosen = list(records["task"]) if tasks is None else list(tasks)
+    missing = [t for t in chosen if t not in set(records["task"])]
+    if missing:
+        raise KeyError(f"population has no adapter for task {missing[0]!r}")
+    return records, stack, [int(records.index[records["task"] == t][0]) for t in chosen]
 
 
 def bootstrap_mean_ci(x, n_boot: int = 10000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

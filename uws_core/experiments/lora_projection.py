@@ -46,15 +46,13 @@ from uws_core.linalg.subspace import eigh_descending, model_axis_eigen
 
 __all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "LoraStack",
            "fit_factor_basis", "project_factors", "ProductLeaveOneOut", "loo_reconstructions",
-           "mean_of_others", "loo_relative_errors", "REPLICATION_BASIS_ONLY"]
+           "mean_of_others", "loo_relative_errors"]
 
 RECIPES = ("factors", "product")
 #: Control: the factor recipe with random orthonormal bases of the same sizes (seeded per held-out adapter
 #: and module) in place of the fitted U_A, U_B: what any k-dim subspace keeps, with no information at all.
 CONTROLS = ("factors_random",)
 K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
-#: The replication's "basis without the mean" result has no number in uws_core.report.published.LORA_LOO.
-REPLICATION_BASIS_ONLY = "about the base model's accuracy (no number published; digest section 4)"
 
 
 def _threads(num_threads: int | None):

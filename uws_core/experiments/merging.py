@@ -9,10 +9,23 @@ each factor as its own tensor) or the dense products ``scaling * B_i @ A_i`` key
 with :func:`apply_delta`, or turn a dense LoRA update back into an exact PEFT pair with
 :func:`uws_core.weights.peft_state.peft_state_from_dense`.
 
-Conventions (the papers leave them open): TIES trims *per tensor* (each key of each task keeps its
-``ceil(density * numel)`` largest magnitudes, ties at the threshold all kept), as mergekit does, rather than over
-the whole flattened model. DARE draws one Bernoulli mask per (seed, task, key), so a result does not depend on
-the order of the keys. Merges return only the update; ``lam`` scales it.
+Conventions (the papers leave them open): TIES trims *per tensor*, as mergekit, peft and the replication do,
+rather than over the whole flattened model. Its default convention ``"floor_elect_plus"`` is the peers': each
+key of each task keeps its ``int(density * numel)`` largest magnitudes (at least 1) and the elected sign is +1
+where the trimmed values cancel exactly (peft ``utils/merge_utils.py`` ``magnitude_based_pruning`` /
+``calculate_majority_sign_mask``: ``where(sum >= 0, 1, -1)``; cahlen/universal-subspace-stress-test
+``experiments/phase3_merging/run_merge.py`` L131-138). ``"ceil_elect_zero"`` is uws's earlier convention (keep
+``ceil(density * numel)``, elect 0 on exact cancellation, so nothing is merged there). Ties at the threshold are
+all kept (the replication; peft's ``topk`` keeps exactly k, the same for continuous values).
+
+Naming of the linear merges: :func:`task_arithmetic` with ``lam = 1`` is the replication's ``task_arith`` (a plain
+sum, run_merge.py L102-109, although its header L14 says 1/K, which is :func:`mean_merge`). peft's LoRA merges
+(``add_weighted_adapter``) act on the factors: :func:`uws_core.experiments.peft_merge.peft_factor_merge` reproduces its "linear" and "ties"
+(``sqrt(w_i s_i)`` on each factor, so "linear" with w_i = 1/K and one scaling s gives ``K s mean(B) mean(A)``: K
+times uws's "mean of A and B separately", :func:`mean_merge` on PEFT states); its "cat" is
+:func:`task_arithmetic` of the scaled products with ``lam = w`` and its "svd" the best rank-r approximation of
+that sum. DARE draws one Bernoulli mask per (seed, task, key), so a result does not depend on the order of the
+keys (peft draws from torch's global generator: equal at p = 0). Merges return only the update; ``lam`` scales it.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from uws_core.linalg.numerics import stable_seed_63_masked
 
 __all__ = ["check_deltas", "task_vectors", "apply_delta", "mean_merge", "task_arithmetic", "ties_merge", "dare_merge",
            "fit_subspace", "subspace_merge", "svd_aligned_merge", "lora_svd_aligned_merge", "sign_agreement",
-           "SubspaceBasis", "norm", "ties_trim", "ties_tensor",
+           "SubspaceBasis", "norm", "ties_trim", "ties_tensor", "TIES_CONVENTIONS",
            "LoraMergeEvaluator", "vit_accuracy", "vit_validation_indices"]
 
 Weights = dict[str, torch.Tensor]
@@ -96,16 +109,28 @@ def mean_merge(deltas: list[Weights]) -> Weights:
 
 
 def task_arithmetic(deltas: list[Weights], lam: float) -> Weights:
-    """Task arithmetic (Ilharco et al. 2023): ``lam * sum_i delta_i``."""
+    """Task arithmetic (Ilharco et al. 2023): ``lam * sum_i delta_i``; ``lam = 1`` is the replication's plain sum."""
     return _per_key(deltas, lambda s, k: lam * s.sum(0))
 
 
-def ties_trim(stack: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep, per task (row of ``stack`` (n, ...)), the ``ceil(density * numel)`` largest magnitudes; zero the rest."""
+TIES_CONVENTIONS = ("floor_elect_plus", "ceil_elect_zero")
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in TIES_CONVENTIONS:
+        raise ValueError(f"TIES convention must be one of {TIES_CONVENTIONS}, got {convention!r}")
+    return convention
+
+
+def ties_trim(stack: torch.Tensor, density: float, convention: str = "floor_elect_plus") -> torch.Tensor:
+    """Keep, per task (row of ``stack`` (n, ...)), the ``int(density * numel)`` (``"floor_elect_plus"``, at least 1)
+    or ``ceil(density * numel)`` (``"ceil_elect_zero"``) largest magnitudes; zero the rest."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     flat = stack.reshape(stack.shape[0], -1)  # (n, numel)
-    keep = max(1, math.ceil(density * flat.shape[1]))
+    n_keep = int(density * flat.shape[1]) if _check_convention(convention) == "floor_elect_plus" \
+        else math.ceil(density * flat.shape[1])
+    keep = max(1, n_keep)
     if keep >= flat.shape[1]:
         return stack.clone()
     # (n, 1): the keep-th largest magnitude = the (numel - keep + 1)-th smallest (kthvalue: linear time)
@@ -113,19 +138,27 @@ def ties_trim(stack: torch.Tensor, density: float) -> torch.Tensor:
     return torch.where(flat.abs() >= thresh, flat, torch.zeros_like(flat)).reshape(stack.shape)
 
 
-def ties_tensor(stack: torch.Tensor, density: float, lam: float = 1.0) -> torch.Tensor:
-    """TIES on one stacked tensor (n, ...): trim to ``density``, elect the sign of the summed trimmed values,
-    average the entries that agree with it (disjoint mean; 0 where none agrees), times ``lam``."""
-    t = ties_trim(stack, density)
-    sign = torch.sign(t.sum(0))  # (...) elected sign; 0 where the trimmed values cancel exactly
+def ties_tensor(stack: torch.Tensor, density: float, lam: float = 1.0, convention: str = "floor_elect_plus",
+                weights=None) -> torch.Tensor:
+    """TIES on one stacked tensor (n, ...): trim to ``density``, elect the sign of the summed trimmed values
+    (+1 on exact cancellation for ``"floor_elect_plus"``, 0 there for ``"ceil_elect_zero"``), average the entries
+    that agree with it (disjoint mean; 0 where none agrees), times ``lam``. ``weights`` (n,), optional, multiply
+    each task after trimming and election, before the disjoint mean (peft's ``ties``)."""
+    t = ties_trim(stack, density, convention)
+    total = t.sum(0)
+    sign = torch.where(total >= 0, 1.0, -1.0).to(t.dtype) if convention == "floor_elect_plus" else torch.sign(total)
     agree = (torch.sign(t) == sign) & (t != 0)  # (n, ...)
     count = agree.sum(0)
+    if weights is not None:
+        t = t * torch.as_tensor(weights, dtype=t.dtype, device=t.device).reshape(-1, *([1] * (t.ndim - 1)))
     return lam * torch.where(agree, t, torch.zeros_like(t)).sum(0) / count.clamp(min=1)
 
 
-def ties_merge(deltas: list[Weights], density: float, lam: float = 1.0) -> Weights:
-    """TIES-merging (Yadav et al. 2023), per tensor: trim, elect sign, disjoint mean, scale by ``lam``."""
-    return _per_key(deltas, lambda s, k: ties_tensor(s, density, lam))
+def ties_merge(deltas: list[Weights], density: float, lam: float = 1.0, convention: str = "floor_elect_plus") -> Weights:
+    """TIES-merging (Yadav et al. 2023), per tensor: trim, elect sign, disjoint mean, scale by ``lam``
+    (``convention``: see the module docstring; the default is peft's and the replication's)."""
+    _check_convention(convention)
+    return _per_key(deltas, lambda s, k: ties_tensor(s, density, lam, convention))
 
 
 

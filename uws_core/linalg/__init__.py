@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``progress``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``progress``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -22,6 +22,9 @@ _API = {
     "OPT_OUT": "numerics",
     "PINNED_ENV": "numerics",
     "PINNED_PROFILE": "numerics",
+    "RECIPES": "recipes",
+    "SCALINGS": "recipes",
+    "SOURCES": "recipes",
     "ShapeMismatchError": "spectral",
     "Spectrum": "spectral",
     "StackedRowSpectrum": "varying_rank",
@@ -29,6 +32,12 @@ _API = {
     "StreamingSpectrum": "spectral",
     "UNFOLDINGS": "spectral",
     "as_tensor": "device",
+    "authors_figure_evr": "recipes",
+    "authors_pca": "recipes",
+    "authors_pca_evr": "recipes",
+    "authors_pca_lora": "recipes",
+    "authors_pca_n_components": "recipes",
+    "authors_subspace": "recipes",
     "bar": "progress",
     "center_stack": "spectral",
     "compute_settings": "numerics",
@@ -38,6 +47,7 @@ _API = {
     "explained_variance_ratio": "subspace",
     "gaussian_like": "nulls",
     "gaussian_lora_like": "nulls",
+    "global_std": "recipes",
     "gram_top_evr": "subspace",
     "is_pinned": "numerics",
     "k_for_threshold": "subspace",
@@ -46,6 +56,7 @@ _API = {
     "lora_factor_spectra": "lora",
     "lora_product_spectrum": "lora",
     "lora_products": "lora",
+    "lora_uncentred_norm_sq": "recipes",
     "marchenko_pastur_pdf": "nulls",
     "marchenko_pastur_spectrum": "nulls",
     "marchenko_pastur_support": "nulls",
@@ -56,10 +67,14 @@ _API = {
     "pin_environment": "numerics",
     "pinned_env": "numerics",
     "principal_angles": "subspace",
+    "product_scaling": "recipes",
     "profile": "numerics",
     "project": "subspace",
     "random_orthonormal_basis": "subspace",
     "reconstruct": "subspace",
+    "replication": "recipes",
+    "replication_null": "recipes",
+    "replication_recon_errors": "recipes",
     "set_slot": "progress",
     "single_thread_kernels": "numerics",
     "stable_seed_32": "numerics",

@@ -45,7 +45,7 @@ import numpy as np
 from uws_core.weights.adapters import parse_module_key
 from uws_core.linalg.nulls import marchenko_pastur_spectrum
 
-__all__ = ["ReportInputError", "load_run", "null_evr", "k_at", "write_report", "spectrum_table_rows"]
+__all__ = ["ReportInputError", "load_run", "null_evr", "k_at", "write_report", "spectrum_table_rows", "spectrum_table"]
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +317,30 @@ def write_report(directory: Path | str) -> tuple[Path, Path]:
     md.write_text(text)
     page.write_text(markdown_to_html(text, f"Spectra report: {d.name}"))
     return md, page
+
+
+def spectrum_table(result: dict) -> str:
+    """A short terminal table of a ``uws spectrum`` result: one line per module type and spectrum, with the
+    number of keys, the matrix shape, the mean over those keys of the top-k cumulative EVR and of the k
+    reaching 50/90/99% of the variance."""
+    groups: dict[tuple, list] = {}
+    for key, res in result["keys"].items():
+        # a key's result is one spectrum (checkpoints) or several named ones (adapters: lora_A, lora_B, product,
+        # or the spectra of a named recipe)
+        named = {n: s for n, s in res.items() if isinstance(s, dict) and "k_at" in s and "top_k_evr" in s}
+        for name, spec in (named.items() if "k_at" not in res else [("weight", res)]):
+            groups.setdefault((res.get("module", key), name), []).append(spec)
+    k = result["k"]
+    head = ["module", "spectrum", "keys", "shape", f"top-{k} EVR", "k@50%", "k@90%", "k@99%"]
+    rows = []
+    for (module, name), specs in groups.items():
+        shapes = sorted({"x".join(map(str, s["shape"])) for s in specs})
+        rows.append([module, name, str(len(specs)), shapes[0] if len(shapes) == 1 else f"{len(shapes)} shapes",
+                     f"{np.mean([s['top_k_evr'] for s in specs]):.3f}"]
+                    + [f"{np.mean([s['k_at'][t] for s in specs]):.1f}" for t in ("0.5", "0.9", "0.99")])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    how = (f"recipe {result['recipe']}" if result.get("recipe")
+           else f"{result['unfolding']} unfolding, centre {result['center']}")
+    title = f"{how}, N={result['n_models']} {result['source']} (means over the keys of each module type)"
+    return "\n".join([title, fmt(head), *map(fmt, rows)]) + "\n"

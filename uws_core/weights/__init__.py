@@ -2,7 +2,7 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``fingerprints``, ``hub``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``run_dirs``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``fingerprints``, ``hub``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``run_dirs``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 

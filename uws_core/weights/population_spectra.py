@@ -24,6 +24,7 @@ Orientation (every matrix is analysed as ``(d_out, d_in)``, so "rows" is always 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from uws_core.weights import recipe_runs
 from uws_core.weights.adapters import AdapterSet, parse_module_key
 from uws_core.weights.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, checkpoint_tensor_files,
                                   load_tensor, natural_key)
@@ -209,7 +211,8 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
                        keys: Sequence[str] | str | None = None, ks=(1, 4, 16, 32, 64),
                        thresholds=(0.5, 0.8, 0.9, 0.95, 0.99), evr_head: int = 512, basis_k: int = 0,
                        resume: bool = False, device=None, max_key_bytes: float | None = None,
-                       on_key_done: Callable[[str, dict], None] | None = None, progress: bool = True) -> dict:
+                       on_key_done: Callable[[str, dict], None] | None = None, progress: bool = True,
+                       recipe: str | None = None, scaling: str = "alpha-over-r") -> dict:
     """Spectra of every key of a population, one key at a time, each written to ``out/keys/`` when done.
 
     Parameters
@@ -232,6 +235,11 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
         Skip (and report) keys whose memory bound (:func:`memory_bound_bytes`) exceeds this.
     on_key_done : callable, optional
         Called as ``on_key_done(key, result)`` after each key is written (progress hooks, tests).
+    recipe : {"authors-pca", "authors-subspace", "replication"}, optional
+        A peer's recipe by name (:mod:`uws_core.linalg.recipes`; ``unfolding`` / ``center`` are then ignored);
+        checkpoints have authors-pca only. Each key's file and ``spectra.json`` carry ``"recipe"``.
+    scaling : {"alpha-over-r", "none"}
+        Adapters: the product is ``s_i B_i @ A_i`` (s_i = alpha_i / r) or ``B_i @ A_i`` as stored.
 
     Returns
     -------
@@ -240,6 +248,8 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
     from uws_core.weights.kohya import KohyaLoraSet, kohya_population_spectra
 
     if isinstance(population, KohyaLoraSet):  # ranks differ per adapter: its own factored path
+        if recipe is not None or scaling != "alpha-over-r":
+            raise ValueError("kohya LoRAs (ranks differ per adapter) have no named recipe or --scaling option")
         if basis_k:
             raise ValueError("basis_k is available for checkpoints with the rows or cols unfolding only")
         return kohya_population_spectra(population, out, ks=ks, thresholds=thresholds, resume=resume, keys=keys,
@@ -253,14 +263,23 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
     if basis_k and (kind == "adapters" or unfolding == "model"):
         raise ValueError("basis_k is available for checkpoints with the rows or cols unfolding only")
     out = Path(out)
-    settings = _settings(population, kind, unfolding, center, ks, thresholds, evr_head, basis_k)
+    settings = {**_settings(population, kind, unfolding, center, ks, thresholds, evr_head, basis_k),
+                **recipe_runs.run_settings(recipe, scaling)}
+    if recipe is not None:
+        recipe_runs.check_kind(recipe, kind)
+        if basis_k:
+            raise ValueError("basis_k is not available with a named recipe")
     prepare_out(out, settings, resume)
     dev = pick_device(device)
-    fn = _adapter_key if kind == "adapters" else _checkpoint_key
+    fn = (functools.partial(recipe_runs.population_key, recipe, scaling, summarize=summarize, key_header=_key_header,
+                            memory_bound_bytes=memory_bound_bytes, model_axis_chunk=model_axis_chunk)
+          if recipe is not None
+          else functools.partial(_adapter_key, scaled=scaling == "alpha-over-r") if kind == "adapters"
+          else _checkpoint_key)
     return drive_keys(out, settings, keys,
                       lambda key: fn(population, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
                                      max_key_bytes, out),
-                      len(population), dev, f"{kind} keys", on_key_done, progress)
+                      len(population), dev, f"{kind} keys", on_key_done, progress, finish=recipe_runs.finish_summary)
 
 
 def _key_header(key, pop, shape, stored_shape, orientation) -> dict:
@@ -306,7 +325,7 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
 
 
 def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
-                 max_key_bytes, out) -> dict:
+                 max_key_bytes, out, scaled: bool = True) -> dict:
     d_out, r, d_in = aset.shape(key)
     bound = memory_bound_bytes((d_out, d_in), len(aset), unfolding, center, lora_rank=r, chunk=max(1, 1024 // r))
     if max_key_bytes is not None and bound["total"] > max_key_bytes:
@@ -321,12 +340,13 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
         t1 = time.perf_counter()
         acc_a.add(a, name=name)
         acc_b.add(b, name=name)
-        acc_p.add(b, a, name=name, scaling=float(aset.scalings[i]))  # the update s_i B_i @ A_i
+        acc_p.add(b, a, name=name, scaling=float(aset.scalings[i]) if scaled else 1.0)  # s_i B_i @ A_i or B_i @ A_i
         t_load, t_comp = t_load + t1 - t0, t_comp + time.perf_counter() - t1
     t0 = time.perf_counter()
-    spectra = {"lora_A": summarize(acc_a.finalize(k=0), ks, thresholds, evr_head),
-               "lora_B": summarize(acc_b.finalize(k=0), ks, thresholds, evr_head),
-               "product": {**summarize(acc_p.finalize(k=0), ks, thresholds, evr_head), "scaled": True}}
+    spectra = {"lora_A": {**summarize(acc_a.finalize(k=0), ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "lora_B": {**summarize(acc_b.finalize(k=0), ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "product": {**summarize(acc_p.finalize(k=0), ks, thresholds, evr_head), "scaled": scaled,
+                           "recipe": None}}
     t_comp += time.perf_counter() - t0
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}

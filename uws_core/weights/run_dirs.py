@@ -94,10 +94,11 @@ def select_keys(all_keys: Sequence[str], keys: Sequence[str] | str | None, what:
 
 def drive_keys(out: Path, settings: dict, keys: Sequence[str], compute_key: Callable[[str], dict],
                n_models: int, device, desc: str, on_key_done: Callable[[str, dict], None] | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, finish: Callable[[dict], dict] | None = None) -> dict:
     """The per-key loop: skip keys already in ``out/keys`` (resume), compute the others one at a time, write each
     when done; a result holding ``"too_big"`` (its memory bound) is reported, not written. Writes and returns
-    ``spectra.json`` (settings, ``computed``, ``resumed``, ``too_big`` and every key's result)."""
+    ``spectra.json`` (settings, ``computed``, ``resumed``, ``too_big`` and every key's result), after ``finish``
+    (a recipe's summary step) when given."""
     results, computed, skipped, too_big = {}, [], [], {}
     bar = tqdm(keys, desc=desc, disable=not progress or None)
     for key in bar:
@@ -118,5 +119,7 @@ def drive_keys(out: Path, settings: dict, keys: Sequence[str], compute_key: Call
             on_key_done(key, res)
     summary = {**settings, "n_models": n_models, "device": str(device), "computed": computed,
                "resumed": skipped, "too_big": too_big, "keys": results}
+    if finish is not None:
+        summary = finish(summary)
     write_json_atomic(out / "spectra.json", summary)
     return summary
