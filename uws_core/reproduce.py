@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is not None and timeout <= 0:
         raise SystemExit(f"--timeout must be positive, got {args.timeout}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook input / output / kernel lines: noise
     paths = notebooks(args.only)
     if not paths:
         raise SystemExit(f"no notebook matches {args.only!r} in {NOTEBOOKS}")
