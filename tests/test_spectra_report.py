@@ -136,14 +136,9 @@ def test_spectrum_prints_a_short_table(adapter_population, tmp_path, capsys):
 
 
 def test_kohya_run_of_mixed_ranks_is_reported(tmp_path):
-    from safetensors.torch import save_file
-    from test_kohya import RANKS, kohya_tensors
+    from test_kohya import RANKS, write_kohya_root
 
-    root = tmp_path / "sdxl"
-    for i, r in enumerate(RANKS):
-        d = root / "KappaNeuro" / f"style-{i}"
-        d.mkdir(parents=True)
-        save_file(kohya_tensors(i, r, 4.0)[0], str(d / "lora.safetensors"))
+    root = write_kohya_root(tmp_path / "sdxl")
     out = tmp_path / "out"
     assert main(["spectra", str(root), "--out", str(out)]) == 0
     md, page = spectra_report.write_report(out)
