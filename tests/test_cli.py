@@ -194,7 +194,7 @@ def fails_cmd(capsys, *args, code: int = 1, api=None) -> str:
 def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp_path, capsys):
     from test_hub import FakeHub
 
-    from uws_core.manifests import MANIFEST_DIR, load_manifest
+    from uws_core.weights.manifests import MANIFEST_DIR, load_manifest
 
     mdir = tmp_path / "manifests"
     shutil.copytree(MANIFEST_DIR, mdir)
@@ -225,8 +225,11 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
 
 
 def test_spectra_dispatches_kohya_loras(tmp_path, capsys):
-    """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.kohya."""
-    from test_kohya import RANKS, write_kohya_root
+    """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.weights.kohya."""
+    from conftest import sibling_test_module
+
+    kohya = sibling_test_module("weights", "test_kohya")
+    RANKS, write_kohya_root = kohya.RANKS, kohya.write_kohya_root
 
     root = write_kohya_root(tmp_path / "sdxl")
     out = tmp_path / "out"

@@ -3,16 +3,16 @@
 * ``uws spectrum DIRS... --unfolding rows --out results.json``: one JSON for a population (below), and a
   short table per module type on the terminal (:func:`spectrum_table`);
 * ``uws spectra POPULATION_DIR --out DIR [--resume]``: the same spectra streamed key by key into a
-  directory, resumable after an interruption (:mod:`uws_core.population_spectra`);
+  directory, resumable after an interruption (:mod:`uws_core.weights.population_spectra`);
 * ``uws report DIR``: ``DIR/report.md`` and ``report.html`` for a ``uws spectra`` directory: table, scree and
-  cumulative plots beside the Marchenko-Pastur null, settings and recipe (:mod:`uws_core.spectra_report`);
+  cumulative plots beside the Marchenko-Pastur null, settings and recipe (:mod:`uws_core.report.spectra_report`);
 * ``uws download MANIFEST [--limit N] [--only REGEX] [--dest DIR]``: pinned, checksum-verified downloads
-  of a manifest's entries (:mod:`uws_core.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
+  of a manifest's entries (:mod:`uws_core.weights.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
   checksums (needs network).
 
 ``uws spectrum``: for every weight key shared by a population of transformers checkpoints, or every module key shared
 by a population of PEFT LoRA adapters, compute the spectrum of one centred unfolding of the stack
-(N, d_out, d_in) (a plain truncated SVD of that unfolding; see :mod:`uws_core.spectral`) and write a
+(N, d_out, d_in) (a plain truncated SVD of that unfolding; see :mod:`uws_core.linalg.spectral`) and write a
 JSON summary: shape, N, unfolding, centring, the full explained-variance-ratio (EVR) list, the k that
 reaches 50/90/99% of the variance and the cumulative EVR of the top k components.
 
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from uws_core.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
-from uws_core.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
-from uws_core.kohya import find_kohya_dirs, is_kohya_lora
-from uws_core.lora import lora_factor_spectra, lora_product_spectrum
-from uws_core.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
+from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
+from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
+from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
+from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def population_spectra_doc() -> str:
-    from uws_core import population_spectra
+    from uws_core.weights import population_spectra
 
     return population_spectra.__doc__.split("\n\n")[0]
 
@@ -292,8 +292,8 @@ DEST_ENV = {"mistral7b_loras": "UWS_MISTRAL_LORA_DIR", "vit": "UWS_VIT_DIR", "ll
 
 def run_spectra(args: argparse.Namespace) -> str:
     """``uws spectra``: stream per-key spectra into ``--out``; returns the line to print."""
-    from uws_core.kohya import KohyaLoraSet
-    from uws_core.population_spectra import AdapterSet, MatrixPopulation, population_spectra
+    from uws_core.weights.kohya import KohyaLoraSet
+    from uws_core.weights.population_spectra import AdapterSet, MatrixPopulation, population_spectra
 
     kind, dirs, names = find_population(args.dirs)
     pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
@@ -320,8 +320,8 @@ def parse_where(items: list[str]) -> dict[str, str]:
 
 def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
     """``uws download``: returns (summary, exit status: 1 if a file was refused, failed or is missing)."""
-    from uws_core.hub import download_manifest
-    from uws_core.manifests import resolve_manifest
+    from uws_core.weights.hub import download_manifest
+    from uws_core.weights.manifests import resolve_manifest
 
     family, mdir = resolve_manifest(args.manifest)
     dest = args.dest or Path(os.environ.get(DEST_ENV.get(family, ""), "") or Path("checkpoints") / family)
@@ -342,8 +342,8 @@ def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
 
 
 def run_lock(args: argparse.Namespace, api=None) -> str:
-    from uws_core.hub import lock_manifest
-    from uws_core.manifests import manifest_path, resolve_manifest
+    from uws_core.weights.hub import lock_manifest
+    from uws_core.weights.manifests import manifest_path, resolve_manifest
 
     family, mdir = resolve_manifest(args.manifest)
     res = lock_manifest(family, api=api, manifest_dir=mdir, limit=args.limit, only=args.only, relock=args.relock,
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None, api=None) -> int:
         elif args.command == "spectra":
             message = run_spectra(args) + "\n"
         elif args.command == "report":
-            from uws_core.spectra_report import write_report
+            from uws_core.report.spectra_report import write_report
 
             md, page = write_report(args.dir)
             message = f"wrote {md} and {page}\n"
