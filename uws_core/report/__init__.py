@@ -1,7 +1,9 @@
 """Results files, figures, the published numbers of the paper and the replication, the claims ledger, seed
-spreads and the notebook runner (make reproduce). The top layer: may import every other layer.
+spreads, the notebook runner (make reproduce), the reader's pages (``uws report``, make site) and the
+project's Jupyter kernel (make lab). The top layer: may import every other layer.
 
-Modules: ``claims``, ``notebook_map``, ``plots``, ``published``, ``reproduce``, ``results``, ``seeds``.
+Modules: ``claims``, ``lab``, ``notebook_map``, ``plots``, ``published``, ``reproduce``, ``results``, ``seeds``,
+``site``, ``spectra_report``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 

@@ -1,8 +1,8 @@
 """The laptop populations our code trains on a CPU: task generators, the tiny Mistral / ViT / Llama
-models, their trainers, random-init populations and the build of every population and seed.
+models, their trainers, random-init populations, the build of every population and seed, and its progress bars.
 Imports uws_core.linalg and uws_core.weights.
 
-Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
+Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``progress``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
