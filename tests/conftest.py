@@ -17,6 +17,18 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_laye
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)  # GQA: k/v are (16, 32)
 
 
+def sibling_test_module(layer: str, name: str):
+    """A test module of another test folder (``tests/<layer>/<name>.py``), importable whichever tests run: pytest
+    puts a test folder on sys.path only once it has collected a file there."""
+    import importlib
+    import sys
+
+    folder = str(Path(__file__).resolve().parent / layer)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 def tiny_causal_lm(seed: int = 0, arch: str = "mistral", **overrides):
     """A seeded tiny MistralForCausalLM / LlamaForCausalLM (hidden 32, 2 layers, 4 heads, 2 kv heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM

@@ -226,13 +226,12 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
 
 def test_spectra_dispatches_kohya_loras(tmp_path, capsys):
     """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.weights.kohya."""
-    from test_kohya import RANKS, kohya_tensors
+    from conftest import sibling_test_module
 
-    root = tmp_path / "sdxl"
-    for i, r in enumerate(RANKS):
-        d = root / "KappaNeuro" / f"style-{i}"
-        d.mkdir(parents=True)
-        save_file(kohya_tensors(i, r, 4.0)[0], str(d / "lora.safetensors"))
+    kohya = sibling_test_module("weights", "test_kohya")
+    RANKS, write_kohya_root = kohya.RANKS, kohya.write_kohya_root
+
+    root = write_kohya_root(tmp_path / "sdxl")
     out = tmp_path / "out"
     assert main(["spectra", str(root), "--out", str(out)]) == 0
     res = json.loads((out / "spectra.json").read_text())

@@ -133,3 +133,31 @@ def test_spectrum_prints_a_short_table(adapter_population, tmp_path, capsys):
         assert int(n_keys) == len(specs)
         assert float(top) == pytest.approx(np.mean([s["top_k_evr"] for s in specs]), abs=5e-4)
         assert float(k90) == pytest.approx(np.mean([s["k_at"]["0.9"] for s in specs]), abs=0.05)
+
+
+def test_kohya_run_of_mixed_ranks_is_reported(tmp_path):
+    from conftest import sibling_test_module
+
+    kohya = sibling_test_module("weights", "test_kohya")
+    RANKS, write_kohya_root = kohya.RANKS, kohya.write_kohya_root
+
+    root = write_kohya_root(tmp_path / "sdxl")
+    out = tmp_path / "out"
+    assert main(["spectra", str(root), "--out", str(out)]) == 0
+    md, page = spectra_report.write_report(out)
+    text = md.read_text()
+    summary = json.loads((out / "spectra.json").read_text())
+    assert "kohya LoRAs of mixed ranks" in text
+    assert len(table_rows(text)) == 3 * len(summary["keys"])
+    key, res = next(iter(summary["keys"].items()))
+    # kohya products are analysed on the model axis: N flattened updates, one lost to the centring
+    spec = res["spectra"]["product"]
+    assert spec["unfolding"] == "model"
+    assert spectra_report.null_samples_features(spec, "product", sum(res["ranks"])) == \
+        (len(RANKS) - 1, spec["shape"][0] * spec["shape"][1])
+    # the factors are recorded stacked, (sum r_i, d_in) and (sum r_i, d_out): one sample per row, less the mean row
+    for name in ("lora_A", "lora_B"):
+        spec = res["spectra"][name]
+        assert spec["shape"][0] == sum(res["ranks"])
+        assert spectra_report.null_samples_features(spec, name, stacked=True) == (sum(res["ranks"]) - 1, spec["shape"][1])
+        assert len(spectra_report._key_null(res, name)) == min(sum(res["ranks"]) - 1, spec["shape"][1])

@@ -41,6 +41,17 @@ def kohya_tensors(seed: int, r: int, alpha) -> tuple[dict, dict]:
     return tensors, expected
 
 
+def write_kohya_root(root, alpha: float = 4.0):
+    """One kohya file per rank of RANKS under ``root/KappaNeuro/style-<i>/lora.safetensors``; returns ``root``."""
+    from safetensors.torch import save_file
+
+    for i, r in enumerate(RANKS):
+        d = root / "KappaNeuro" / f"style-{i}"
+        d.mkdir(parents=True)
+        save_file(kohya_tensors(i, r, alpha)[0], str(d / "lora.safetensors"))
+    return root
+
+
 @pytest.fixture
 def loras(tmp_path):
     root = tmp_path / "loras"

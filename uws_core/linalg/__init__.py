@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``progress``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -38,12 +38,10 @@ _API = {
     "authors_pca_lora": "recipes",
     "authors_pca_n_components": "recipes",
     "authors_subspace": "recipes",
-    "bar": "progress",
     "center_stack": "spectral",
     "compute_settings": "numerics",
     "cpu_has_avx2": "numerics",
     "eigh_descending": "subspace",
-    "enabled": "progress",
     "explained_variance_ratio": "subspace",
     "gaussian_like": "nulls",
     "gaussian_lora_like": "nulls",
@@ -52,7 +50,6 @@ _API = {
     "is_pinned": "numerics",
     "k_for_threshold": "subspace",
     "kernel_report": "numerics",
-    "labelled": "progress",
     "lora_factor_spectra": "lora",
     "lora_product_spectrum": "lora",
     "lora_products": "lora",
@@ -75,7 +72,6 @@ _API = {
     "replication": "recipes",
     "replication_null": "recipes",
     "replication_recon_errors": "recipes",
-    "set_slot": "progress",
     "single_thread_kernels": "numerics",
     "stable_seed_32": "numerics",
     "stable_seed_63": "numerics",

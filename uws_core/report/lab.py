@@ -25,7 +25,7 @@ __all__ = ["KERNEL_NAME", "DISPLAY_NAME", "KERNELSPEC", "set_kernelspec", "main"
 KERNEL_NAME = "uws"
 DISPLAY_NAME = "uws (.venv)"
 KERNELSPEC = {"display_name": DISPLAY_NAME, "language": "python", "name": KERNEL_NAME}
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def set_kernelspec(path: Path | str) -> bool:

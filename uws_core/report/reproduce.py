@@ -11,7 +11,7 @@ in its own kernel, one thread) by priority, and a notebook starts as soon as the
 (:func:`population_needs`) are built, instead of after all of them: on 2 cores no slot waits for the
 slowest build while a notebook could run.
 
-On a terminal a bar counts the finished tasks and names the ones running (:mod:`uws_core.linalg.progress`); the
+On a terminal a bar counts the finished tasks and names the ones running (:mod:`uws_core.zoo.progress`); the
 kernels talk to this process over IPC sockets (:func:`kernel_config`), not TCP, so ipykernel does not
 warn about unencrypted TCP traffic at every notebook.
 """
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is not None and timeout <= 0:
         raise SystemExit(f"--timeout must be positive, got {args.timeout}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # its per-notebook input / output / kernel lines: noise
     paths = notebooks(args.only)
     if not paths:
         raise SystemExit(f"no notebook matches {args.only!r} in {NOTEBOOKS}")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from uws_core.linalg import progress
+    from uws_core.zoo import progress
 
     with progress.bar(len(tasks), "reproduce", unit="task") as bar, logging_redirect_tqdm():
         schedule(tasks, needs, args.jobs, bar)

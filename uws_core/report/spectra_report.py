@@ -23,7 +23,8 @@ reads JSON only, never a weight):
 * weights and LoRA factors: an unfolding of ``(n_samples, n_features)`` = rows ``(N d_out, d_in)``, cols
   ``(N d_in, d_out)``, model ``(N, d_out d_in)``, less the degrees of freedom the centring removes
   (``models``: one matrix, i.e. ``d_out`` rows or ``d_in`` columns; ``samples`` and the model axis: one
-  sample);
+  sample); kohya LoRAs of mixed ranks record their factors stacked, ``(sum r_i, d_in)`` and ``(sum r_i, d_out)``,
+  one sample per row less the mean row;
 * LoRA products ``s_i B_i A_i`` of rank r: for rows, ``sum_i P_i^T P_i = sum_i A_i^T (B_i^T B_i) A_i``, and
   for Gaussian ``B_i`` with ``d_out >> r``, ``B_i^T B_i`` is close to a multiple of ``I_r``, so the null is
   MP with ``N r`` samples (``sum_i r_i`` for kohya LoRAs of mixed ranks; the mean matrix keeps that span,
@@ -102,14 +103,19 @@ def load_run(directory: Path | str) -> dict:
     return {"settings": settings, "keys": keys, "complete": complete, "summary": summary}
 
 
-def null_samples_features(spec: dict, name: str, rank: int | None = None) -> tuple[int, int] | None:
+def null_samples_features(spec: dict, name: str, rank: int | None = None,
+                          stacked: bool = False) -> tuple[int, int] | None:
     """(n_samples, n_features) of the Marchenko-Pastur null of one spectrum (module docstring), None if empty.
 
     ``spec``: a ``summarize`` dict (``unfolding``, ``center``, ``N``, ``shape`` = (d_out, d_in) of one matrix);
-    ``rank``: the summed LoRA rank over the models for a ``product`` spectrum (None otherwise)."""
+    ``rank``: the summed LoRA rank over the models for a ``product`` spectrum (None otherwise); ``stacked``:
+    ``shape`` is already the stacked (samples, features) matrix (kohya LoRA factors of mixed ranks:
+    (sum r_i, d_in) for A, (sum r_i, d_out) for B, :func:`uws_core.weights.kohya.kohya_key_spectra`)."""
     n, (d_out, d_in) = int(spec["N"]), (int(spec["shape"][0]), int(spec["shape"][1]))
     unfolding, center = spec["unfolding"], spec["center"]
-    if unfolding == "model":
+    if stacked:
+        samples, features = d_out - (center != "none"), d_in
+    elif unfolding == "model":
         samples, features = n - (center != "none"), d_out * d_in
     elif name == "product" and rank is not None:
         # N rank-r products span N r directions (the sum of ranks); subtracting the mean matrix keeps that
@@ -122,9 +128,9 @@ def null_samples_features(spec: dict, name: str, rank: int | None = None) -> tup
     return (samples, features) if samples > 0 and features > 0 else None
 
 
-def null_evr(spec: dict, name: str, rank: int | None = None) -> np.ndarray | None:
+def null_evr(spec: dict, name: str, rank: int | None = None, stacked: bool = False) -> np.ndarray | None:
     """EVR of the Marchenko-Pastur null of one spectrum (descending, sums to 1), None when it has no sample."""
-    sf = null_samples_features(spec, name, rank)
+    sf = null_samples_features(spec, name, rank, stacked)
     if sf is None:
         return None
     ev = marchenko_pastur_spectrum(*sf)
@@ -146,6 +152,13 @@ def _rank_total(res: dict) -> int | None:
     return None
 
 
+def _key_null(res: dict, name: str) -> np.ndarray | None:
+    """The null of spectrum ``name`` of one key's result (the product gets the summed rank; kohya factors are
+    recorded stacked)."""
+    return null_evr(res["spectra"][name], name, _rank_total(res) if name == "product" else None,
+                    stacked="ranks" in res and name != "product")
+
+
 def _module(key: str, res: dict) -> str:
     module = res.get("module") or parse_module_key(key)[1]
     stack = res.get("stack")
@@ -160,7 +173,7 @@ def spectrum_table_rows(run: dict) -> list[dict]:
         for name, spec in res["spectra"].items():
             top = spec.get("top_evr", {})
             k_thr = spec.get("k_at", {})
-            nul = null_evr(spec, name, _rank_total(res) if name == "product" else None)
+            nul = _key_null(res, name)
             rows.append({"key": key, "module": _module(key, res), "spectrum": name,
                          "shape": "x".join(str(s) for s in spec["shape"]), "N": spec["N"],
                          "top_evr": {k: top.get(str(k)) for k in ks},
@@ -210,8 +223,7 @@ def _figure(module: str, entries: list[tuple[str, dict, dict]], out: Path, setti
     by_name = defaultdict(list)  # spectrum name -> [(evr, null evr)]
     for key, res, _ in entries:
         for name, spec in res["spectra"].items():
-            by_name[name].append((np.asarray(spec["evr"], float),
-                                  null_evr(spec, name, _rank_total(res) if name == "product" else None)))
+            by_name[name].append((np.asarray(spec["evr"], float), _key_null(res, name)))
     names = list(by_name)
     fig, axes = plt.subplots(len(names), 2, figsize=(8.4, 2.9 * len(names)), squeeze=False)
     handles = []

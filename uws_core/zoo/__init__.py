@@ -2,7 +2,7 @@
 models, their trainers, random-init populations and the build of every population and seed.
 Imports uws_core.linalg and uws_core.weights.
 
-Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
+Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``progress``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -41,6 +41,7 @@ _API = {
     "answer_nll": "tinylm",
     "apply_transform": "vit_tasks",
     "architecture_class": "inits",
+    "bar": "progress",
     "build": "populations",
     "build_all": "populations",
     "build_llama_population": "llama_zoo",
@@ -48,6 +49,7 @@ _API = {
     "build_vit_populations": "vit_zoo",
     "code_digest": "lora_zoo",
     "config_for": "populations",
+    "enabled": "progress",
     "encode_examples": "tinylm",
     "evaluate_models": "llama_model",
     "evaluate_states": "vit_model",
@@ -59,6 +61,7 @@ _API = {
     "format_output": "tasks",
     "greedy_decode": "tinylm",
     "init_state": "llama_model",
+    "labelled": "progress",
     "language_map": "llama_tasks",
     "llama_config": "llama_model",
     "llama_logits": "llama_model",
@@ -74,6 +77,7 @@ _API = {
     "save_llama": "llama_model",
     "save_vit": "vit_model",
     "scratch_plan": "vit_tasks",
+    "set_slot": "progress",
     "split_indices": "vit_tasks",
     "task_combinations": "tasks",
     "task_data": "vit_tasks",

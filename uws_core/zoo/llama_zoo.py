@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from uws_core.zoo import llama_tasks, tinylm
-from uws_core.linalg import progress as progress_bars
+from uws_core.zoo import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.zoo.llama_model import (MATRIX_TYPES, _hf_model, compute_settings, evaluate_models, init_state,
                                   llama_config, llama_logits, load_state, save_llama, train_models)

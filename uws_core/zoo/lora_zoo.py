@@ -44,7 +44,7 @@ import torch
 from uws_core.zoo import tasks as tasks_mod
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
 from uws_core.linalg.numerics import compute_settings, kernel_report
-from uws_core.linalg import progress as progress_bars
+from uws_core.zoo import progress as progress_bars
 from uws_core.zoo import tinylm
 
 __all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir", "code_digest"]

@@ -84,7 +84,7 @@ def load(kind: str, seed: int = 0, cache_dir=None, tiny: bool = False):
 
 def build(name: str, cache_dir=None, tiny: bool = False) -> tuple[str, str, float, str, str]:
     """Build one population by name; returns (name, cache directory, seconds, fingerprint, profile)."""
-    from uws_core.linalg import progress
+    from uws_core.zoo import progress
     from uws_core.weights.fingerprints import population_fingerprint
     from uws_core.linalg.numerics import profile
 
@@ -96,8 +96,8 @@ def build(name: str, cache_dir=None, tiny: bool = False) -> tuple[str, str, floa
 
 
 def _worker_slot(counter) -> None:
-    """Pool initializer: give this worker the next free progress-bar slot (:func:`uws_core.linalg.progress.set_slot`)."""
-    from uws_core.linalg import progress
+    """Pool initializer: give this worker the next free progress-bar slot (:func:`uws_core.zoo.progress.set_slot`)."""
+    from uws_core.zoo import progress
 
     with counter.get_lock():
         progress.set_slot(counter.value)
@@ -106,10 +106,10 @@ def _worker_slot(counter) -> None:
 
 def build_all(names=None, workers: int = 2, cache_dir=None, tiny: bool = False) -> list[tuple]:
     """Build the named populations (default all), ``workers`` at a time (1: in this process); on a terminal a
-    bar counts the populations built and each build shows its models and steps (:mod:`uws_core.linalg.progress`)."""
+    bar counts the populations built and each build shows its models and steps (:mod:`uws_core.zoo.progress`)."""
     import multiprocessing
 
-    from uws_core.linalg import progress
+    from uws_core.zoo import progress
 
     names = population_names() if names is None else list(names)
     for n in names:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uws_core.linalg import progress as progress_bars
+from uws_core.zoo import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.zoo.vit_model import (evaluate_states, init_state, load_state, save_vit, train_models, vit_config,
                                 vit_logits)
@@ -131,7 +131,7 @@ class VitPopulations:
 
 def _train_jobs(jobs: list[dict], config: VitZooConfig, init, what: str = "models") -> list[tuple[dict, dict]]:
     """Train jobs in groups of ``group_size`` (sorted by step count so a group finishes together); progress bars
-    (:mod:`uws_core.linalg.progress`) count the ``what`` models trained and the current group's steps."""
+    (:mod:`uws_core.zoo.progress`) count the ``what`` models trained and the current group's steps."""
     by_cost = sorted(range(len(jobs)), key=lambda i: -jobs[i]["epochs"] * len(task_data(
         jobs[i]["task"], "train", config.test_fraction, config.split_seed)[1]))
     out: list = [None] * len(jobs)

@@ -1,8 +1,8 @@
-"""uws_core.linalg.progress: bars only for a person at a terminal, and they never change a trained number."""
+"""uws_core.zoo.progress: bars only for a person at a terminal, and they never change a trained number."""
 import io
 import sys
 
-from uws_core.linalg import progress
+from uws_core.zoo import progress
 
 
 class _Tty(io.StringIO):
