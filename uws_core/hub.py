@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from uws_core import safe_paths
 from uws_core.checkpoints import WeightFormatError, read_safetensors_header
 from uws_core.manifests import (FileChecksum, ManifestError, format_checksums, load_manifest, match_files,
                                 parse_checksums, parse_expected_shapes, split_cell, write_manifest)
@@ -49,9 +50,21 @@ class HubError(RuntimeError):
     """A download or lock that cannot proceed (offline lock, unlocked manifest, ...)."""
 
 
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # huggingface_hub reads both (constants.py)
+
+
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value (read now, not at import;
+    huggingface_hub itself goes offline on either)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARS)
+
+
+def error_text(exc: BaseException, limit: int = 1200) -> str:
+    """``Type: message`` with every line of the message kept (joined by `` | ``): huggingface_hub puts the
+    reason ("Repository Not Found", "Cannot access gated repo", "Revision Not Found") on the lines after the
+    first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {' | '.join(lines)}"[:limit]
 
 
 def default_api():
@@ -122,10 +135,19 @@ def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
 def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) -> tuple[str, list[FileChecksum]]:
     """Resolve one repository at ``revision`` (default: main): (commit sha, checksums of the wanted files).
 
-    Raises HubError when no safetensors weights match the patterns (e.g. pickles only)."""
+    Raises HubError when the repository is gated (``ModelInfo.gated``: its files cannot be fetched without an
+    accepted licence and a token), when a listed file name would leave the entry's directory, or when no
+    safetensors weights match the patterns (e.g. pickles only)."""
+    safe_paths.check_repo_id(repo_id, f"repository {repo_id!r}")
     info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+    gated = getattr(info, "gated", False)
+    if gated:
+        raise HubError(f"repository {repo_id!r} is gated (gated={gated!r}): its files need an accepted licence and "
+                       "a token; not locked")
     siblings = {s.rfilename: s for s in info.siblings}
     wanted = match_files(list(siblings), patterns)
+    for n in wanted:
+        safe_paths.check_relative_name(n, f"repository {repo_id!r} at {info.sha}")
     if not any(n.endswith(".safetensors") for n in wanted):
         pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
         raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
@@ -151,12 +173,17 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     """Pin revisions and checksums of a manifest's hub entries and write them into the manifest.
 
     Each entry is resolved at the hub's current ``main``. Entries already ``locked`` are kept unless
-    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. Returns counts per outcome and the failures with their reasons.
+    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. A relock that fails
+    (network, gated, missing) keeps the entry's previous pin and says why in ``hub_note``; offline
+    (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) nothing is changed. Gated repositories are refused
+    (``ModelInfo.gated``). Failure reasons keep the hub's whole message. Returns counts per outcome and the
+    failures with their reasons.
     """
     from tqdm.auto import tqdm
 
     if hub_offline():
-        raise HubError("uws manifest lock needs the network, but HF_HUB_OFFLINE is set")
+        raise HubError("uws manifest lock needs the network, but HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set; "
+                       "nothing was changed")
     api = api or default_api()
     df = load_manifest(family, manifest_dir)
     statuses = ("unlocked", "lock_failed", "locked") if relock else ("unlocked", "lock_failed")
@@ -167,9 +194,13 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
         try:
             sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
         except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
-            out["failed"].append({"repo_id": repo_id, "reason": reason})
+            reason = error_text(exc)
+            if df.at[i, "hub_status"] == "locked":  # a relock that fails keeps the old pin: never erase a lock
+                df.loc[i, "hub_note"] = f"relock failed, previous pin kept: {reason}"
+                out["failed"].append({"repo_id": repo_id, "reason": f"previous pin kept: {reason}"})
+            else:
+                df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
+                out["failed"].append({"repo_id": repo_id, "reason": reason})
         else:
             df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = [sha, format_checksums(sums),
                                                                               "locked", ""]
@@ -218,9 +249,7 @@ def _read_stamp(repo_dir: Path) -> dict:
 
 
 def _write_stamp(repo_dir: Path, stamp: dict) -> None:
-    tmp = repo_dir / (STAMP_FILE + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, repo_dir / STAMP_FILE)
+    safe_paths.write_text_atomic(repo_dir / STAMP_FILE, json.dumps(stamp, indent=1))
 
 
 def _stamp_of(path: Path, want: FileChecksum) -> dict:
@@ -289,25 +318,61 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
             try:
                 revision, sums = lock_entry(api, repo_id, row["files"])
             except Exception as exc:  # noqa: BLE001 - reported per entry
-                report.entries[repo_id] = f"error: {type(exc).__name__}: {exc}"
+                report.entries[repo_id] = f"error: {error_text(exc)}"
                 continue
+        try:
+            paths = _entry_paths(repo_id, sums, dest, staging, rejected)
+        except safe_paths.UnsafePathError as exc:  # nothing is touched for a hostile id, name or planted link
+            report.files.append(FileOutcome(repo_id, "*", "refused", str(exc)))
+            report.entries[repo_id] = f"refused: {exc}"
+            continue
         report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
                                                   parse_expected_shapes(row["expected_shapes"]),
-                                                  dest, staging, rejected, report)
+                                                  paths, report)
+    if dest.is_symlink():
+        raise HubError(f"--dest {dest} is a symbolic link; refused")
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"uws-download-{family}.json").write_text(json.dumps(report.to_dict(), indent=1))
+    safe_paths.write_text_atomic(dest / f"uws-download-{family}.json", json.dumps(report.to_dict(), indent=1))
     return report
 
 
-def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejected, report) -> str:
+@dataclass
+class _EntryPaths:
+    """Where one entry's files live: each path checked by :func:`uws_core.safe_paths.contained`."""
+
+    repo_dir: Path
+    stage_dir: Path
+    target: dict  # file name -> dest/owner/name/<file>
+    stage: dict  # file name -> staging/owner/name/<file>
+    rejected: dict  # file name -> rejected/owner/name/<file>
+
+
+def _entry_paths(repo_id: str, sums, dest: Path, staging: Path, rejected: Path) -> _EntryPaths:
+    """Every path one entry may write, move or delete, checked before anything is touched: the id by
+    huggingface_hub's validator, each name as a relative path, no symlink on the way, all inside their root."""
+    where = f"repository {repo_id!r}"
+    safe_paths.check_repo_id(repo_id, where)
+    for root in (dest, staging, rejected):
+        if root.is_symlink():
+            raise safe_paths.UnsafePathError(f"{where}: {root} is a symbolic link; refused")
+    repo_dir = safe_paths.contained(dest, repo_id, where)
+    stage_dir = safe_paths.contained(staging, repo_id, where)
+    return _EntryPaths(repo_dir, stage_dir,
+                       {c.name: safe_paths.contained(repo_dir, c.name, where) for c in sums},
+                       {c.name: safe_paths.contained(stage_dir, c.name, where) for c in sums},
+                       {c.name: safe_paths.contained(safe_paths.contained(rejected, repo_id, where), c.name, where)
+                        for c in sums})
+
+
+def _download_entry(api, repo_id, revision, sums, expected, paths: _EntryPaths, report) -> str:
     """Fetch and verify one repository's pinned files; returns the entry's outcome."""
-    repo_dir = dest / repo_id
+    repo_dir = paths.repo_dir
     stamp = _read_stamp(repo_dir)
     if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
         try:
             infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
         except Exception as exc:  # noqa: BLE001 - network or hub errors are reported per entry
-            report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {exc}"))
+            report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {error_text(exc)}"))
             return "error"
         hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos}
         for c in sums:
@@ -318,7 +383,7 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
                 return "refused"
     outcome, staged = "ok", []
     for c in sums:
-        target, stage = repo_dir / c.name, staging / repo_id / c.name
+        target, stage, bad = paths.target[c.name], paths.stage[c.name], paths.rejected[c.name]
         if target.is_file():
             if stamp.get(c.name) == _stamp_of(target, c):
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified earlier", str(target)))
@@ -329,31 +394,40 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
                 _write_stamp(repo_dir, stamp)
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified", str(target)))
                 continue
-            bad = rejected / repo_id / c.name
             _move(target, bad)
             report.files.append(FileOutcome(repo_id, c.name, "refused", f"local copy: {problem}; moved to {bad}"))
-        elif (rejected / repo_id / c.name).exists():
+        elif bad.exists():
             report.files.append(FileOutcome(repo_id, c.name, "refused",
-                                            f"refused earlier: see {rejected / repo_id / c.name} (delete it to retry)"))
+                                            f"refused earlier: see {bad} (delete it to retry)"))
             outcome = "refused"
             continue
-        if stage.is_file() and checksum_problem(stage, c) is None and not shape_problems(stage, expected):
-            staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
-            continue
+        refetch = False
+        if stage.is_file():
+            if checksum_problem(stage, c) is None and not shape_problems(stage, expected):
+                staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
+                continue
+            # a damaged file left in staging: huggingface_hub would return it again without a request (its
+            # download metadata still matches), so it is deleted and fetched anew
+            log.warning("%s/%s: damaged copy in staging deleted, fetching again", repo_id, c.name)
+            stage.unlink()
+            refetch = True
         if api is None:
-            report.files.append(FileOutcome(repo_id, c.name, "missing_offline", "HF_HUB_OFFLINE is set"))
+            report.files.append(FileOutcome(repo_id, c.name, "missing_offline",
+                                            "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
             outcome = "missing" if outcome == "ok" else outcome
             continue
         try:
+            kw = {"force_download": True} if refetch else {}
             got = Path(api.hf_hub_download(repo_id=repo_id, filename=c.name, revision=revision,
-                                           local_dir=staging / repo_id))
-        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun resumes
-            report.files.append(FileOutcome(repo_id, c.name, "error", f"{type(exc).__name__}: {exc}"))
+                                           local_dir=paths.stage_dir, **kw))
+            if got.resolve() != stage.resolve() or got.is_symlink():
+                raise safe_paths.UnsafePathError(f"the download of {c.name!r} landed at {got}, not at {stage}")
+        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun fetches it again
+            report.files.append(FileOutcome(repo_id, c.name, "error", error_text(exc)))
             outcome = "error"
             continue
         problems = [p for p in [checksum_problem(got, c)] if p] or shape_problems(got, expected)
         if problems:
-            bad = rejected / repo_id / c.name
             _move(got, bad)
             log.warning("%s/%s refused: %s", repo_id, c.name, problems[0])
             report.files.append(FileOutcome(repo_id, c.name, "refused", f"{'; '.join(problems[:3])}; moved to {bad}"))
@@ -365,24 +439,35 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
             report.files.append(FileOutcome(repo_id, c.name, "staged", f"verified, waiting for the rest of the entry "
                                             f"in {path.parent}"))
         if repo_dir.is_dir():
-            _unpublish(repo_dir, staging / repo_id)
+            _unpublish(paths)
         return outcome
     for c, path, detail in staged:  # every file verified: publish the entry
-        _move(path, repo_dir / c.name)
-        stamp[c.name] = _stamp_of(repo_dir / c.name, c)
-        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(repo_dir / c.name)))
+        _move(path, paths.target[c.name])
+        stamp[c.name] = _stamp_of(paths.target[c.name], c)
+        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(paths.target[c.name])))
     if staged:
         _write_stamp(repo_dir, stamp)
     return outcome
 
 
-def _unpublish(repo_dir: Path, to: Path) -> None:
-    """Move a failed entry's remaining (verified) files from ``dest`` back to staging: loaders never see a
-    partial model, and a rerun reuses the files."""
-    for p in sorted(repo_dir.rglob("*"), reverse=True):
-        if p.is_file() and p.name != STAMP_FILE:
-            _move(p, to / p.relative_to(repo_dir))
-    shutil.rmtree(repo_dir)
+def _unpublish(paths: _EntryPaths) -> None:
+    """Move a failed entry's own listed files (and nothing else) from ``dest`` back to staging, so loaders
+    never see a partial model and a rerun reuses them. Other files (a user's own) stay where they are; the
+    entry directory is removed only when it is left empty. Every path was checked by :func:`_entry_paths`."""
+    for name, p in paths.target.items():
+        if p.is_file() and not p.is_symlink():
+            _move(p, paths.stage[name])
+    (paths.repo_dir / STAMP_FILE).unlink(missing_ok=True)
+    for d in sorted({p.parent for p in paths.target.values()}, key=lambda q: len(q.parts), reverse=True):
+        while (d == paths.repo_dir or paths.repo_dir in d.parents) and d.is_dir() and not d.is_symlink() \
+                and not any(d.iterdir()):
+            d.rmdir()
+            if d == paths.repo_dir:
+                break
+            d = d.parent
+    if paths.repo_dir.is_dir() and any(paths.repo_dir.iterdir()):
+        log.warning("%s: incomplete entry's files moved to staging; other files left in place: %s",
+                    paths.repo_dir, sorted(p.name for p in paths.repo_dir.iterdir())[:5])
 
 
 __all__ = ["HubError", "hub_offline", "file_sha256", "git_blob_sha1", "checksum_problem", "shape_problems",

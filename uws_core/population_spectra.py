@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from uws_core import safe_paths
 from uws_core.adapters import AdapterSet, parse_module_key
 from uws_core.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, checkpoint_tensor_files,
                                   load_tensor, natural_key)
@@ -214,9 +215,9 @@ def key_filename(key: str) -> str:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    """JSON written atomically through a unique mkstemp file (:func:`uws_core.safe_paths.write_text_atomic`):
+    a planted symlink at a temporary name is never followed, concurrent writers never collide."""
+    safe_paths.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -359,12 +360,13 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
            "spectra": {"weight": summarize(spec, ks, thresholds, evr_head)}, "memory_bound_bytes": bound,
            "timing": {"load_s": t_load, "compute_s": t_comp}}
     if basis_k:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {"basis": spec.basis.to(torch.float32).contiguous()}  # (d_feature, k)
         if spec.mean is not None:
             tensors["mean"] = spec.mean.to(torch.float32).contiguous()
-        save_file(tensors, str(out / "basis" / (key_filename(key) + ".safetensors")), metadata={"key": key})
+        safe_paths.write_bytes_atomic(out / "basis" / (key_filename(key) + ".safetensors"),
+                                      save(tensors, metadata={"key": key}))
     return res
 
 
