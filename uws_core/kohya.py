@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from uws_core import dtype_policy
 from uws_core.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
                                   unique_names)
 from uws_core.device import ACCUM_DTYPE, pick_device
@@ -119,9 +120,13 @@ def _read_modules(path: Path, owner: str) -> tuple[dict, dict]:
     header = read_safetensors_header(path, KohyaFormatError, owner)
     modules: dict[str, dict] = {}
     alpha_keys, ignored = {}, []
-    for tkey, (shape, _) in header.items():
+    for tkey, (shape, dt) in header.items():
         m, ma = _FACTOR_RE.match(tkey), _ALPHA_RE.match(tkey)
         if m:
+            role = _ROLE[m.group("which")]
+            if len(shape) >= 2:  # A (r, ...) / B (out, r, ...): rank 0 named before the zero-size rule
+                dtype_policy.check_rank(path, tkey, shape[0] if role == "A" else shape[1], owner, KohyaFormatError)
+            dtype_policy.check_weight(path, tkey, shape, dt, owner, KohyaFormatError)
             slot = modules.setdefault(m.group("module"), {})
             role = _ROLE[m.group("which")]
             if role in slot:
@@ -157,6 +162,10 @@ def _read_modules(path: Path, owner: str) -> tuple[dict, dict]:
             for mod, tkey in alpha_keys.items():
                 if mod not in modules:
                     continue
+                if header[tkey][1] not in dtype_policy.FLOAT_CODES | {"I8", "I16", "I32", "I64", "U8"} \
+                        or header[tkey][0] not in ((), (1,)):
+                    raise KohyaFormatError(f"{owner}: key {tkey!r} in {path} has dtype {header[tkey][1]} and shape "
+                                           f"{header[tkey][0]}; alpha must be one number")
                 a = f.get_tensor(tkey).to(torch.float64)
                 if a.numel() != 1 or not bool(torch.isfinite(a).all()):
                     raise KohyaFormatError(f"{owner}: key {tkey!r} in {path} is not one finite number ({a.tolist()})")

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 
 from uws_core import safe_paths
 from uws_core.adapters import AdapterSet, parse_module_key
-from uws_core.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, checkpoint_tensor_files,
-                                  load_tensor, natural_key)
+from uws_core.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, check_weight_tensors,
+                                  checkpoint_tensor_files, load_tensor, natural_key)
 from uws_core.device import pick_device
 from uws_core.lora import StreamingLoraSpectrum
 from uws_core.spectral import StreamingSpectrum
@@ -76,6 +76,8 @@ class MatrixPopulation:
         self.conv1d = self._detect_conv1d() if conv1d is None else conv1d
         # per model: key -> (file, stored shape, dtype) of every tensor (headers only, read once)
         self._tensors = [checkpoint_tensor_files(d, owner=f"model {n!r} ({d})") for n, d in zip(self.names, self.dirs)]
+        for n, d, files in zip(self.names, self.dirs, self._tensors):
+            check_weight_tensors(files, f"model {n!r} ({d})")
         self._conv = self._common_conv_keys(strict)  # key -> [(file, stored shape, dtype) per model]
         self.keys = sorted([*self.cs.weight_keys, *self._conv], key=natural_key)
         self.orientation, self.shapes, self.stored_shapes = {}, {}, {}
@@ -91,11 +93,17 @@ class MatrixPopulation:
 
     def _detect_conv1d(self) -> bool:
         types = set()
-        for d in self.dirs:
+        for name, d in zip(self.names, self.dirs):
             try:
-                types.add(json.loads((d / "config.json").read_text()).get("model_type"))
-            except (OSError, json.JSONDecodeError):
+                cfg = json.loads((d / "config.json").read_text())
+            except (OSError, ValueError):
                 types.add(None)
+                continue
+            mt = cfg.get("model_type") if isinstance(cfg, dict) else None
+            if not isinstance(cfg, dict) or not isinstance(mt, (str, type(None))):
+                raise CheckpointFormatError(f"model {name!r}: {d / 'config.json'} has key 'model_type' "
+                                            f"{mt if isinstance(cfg, dict) else cfg!r:.80}, not a name")
+            types.add(mt)
         if len(types) > 1:
             raise CheckpointFormatError(f"checkpoints declare different model_type values {sorted(map(str, types))}")
         return types.pop() in CONV1D_MODEL_TYPES
