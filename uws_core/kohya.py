@@ -31,7 +31,6 @@ Spectra (:func:`kohya_key_spectra`) do not need one rank across adapters:
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -47,8 +46,8 @@ from uws_core import dtype_policy
 from uws_core.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
                                   unique_names)
 from uws_core.device import ACCUM_DTYPE, pick_device
-from uws_core.population_spectra import (FORMAT, FORMAT_VERSION, _prepare_out, _write_json_atomic, key_filename,
-                                         summarize)
+from uws_core.population_spectra import (FORMAT, FORMAT_VERSION, _prepare_out, _read_key_result, _write_json_atomic,
+                                         key_filename, summarize)
 from uws_core.spectral import RowScatter, Spectrum
 from uws_core.subspace import eigh_descending, model_axis_eigen, resolve_k
 
@@ -454,13 +453,13 @@ def kohya_population_spectra(dirs, out: Path | str, ks=(1, 4, 16, 32, 64), thres
     settings = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "kohya", "unfolding": "model",
                 "center": "models", "ks": list(ks), "thresholds": list(thresholds), "evr_head": evr_head,
                 "basis_k": 0, "models": list(lset.names)}
-    _prepare_out(out, settings, resume)
+    _prepare_out(out, settings, resume, lset)
     dev = pick_device(device)
     results, computed, skipped, too_big = {}, [], [], {}
     for key in tqdm(keys, desc="kohya keys", disable=not progress or None):
         path = out / "keys" / (key_filename(key) + ".json")
-        if path.is_file():
-            results[key] = json.loads(path.read_text())
+        if path.is_file() and (old := _read_key_result(path, key)) is not None:
+            results[key] = old
             skipped.append(key)
             continue
         shape, ranks = lset.shape(key), lset.ranks[key]

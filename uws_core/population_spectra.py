@@ -236,21 +236,58 @@ def _settings(pop, kind, unfolding, center, ks, thresholds, evr_head, basis_k) -
             "basis_k": basis_k, "models": list(pop.names)}
 
 
-def _prepare_out(out: Path, settings: dict, resume: bool) -> None:
+def _prepare_out(out: Path, settings: dict, resume: bool, population=None) -> None:
+    """Create or check ``out/run.json``: the settings and, per model, the fingerprints of its input files
+    (:mod:`uws_core.resume_fingerprints`). A resume with other settings, or after any input file changed, was
+    added or removed, is refused (a run never holds keys of two inputs); so is a fresh run into a directory
+    that already holds key results without a ``run.json``."""
+    from uws_core.resume_fingerprints import compare_fingerprints, population_fingerprints
+
     run = out / "run.json"
+    prints = population_fingerprints(population) if population is not None else None
     if run.is_file():
         if not resume:
             raise ResumeError(f"{out} already holds a run ({run}); pass resume=True (--resume) to continue it, "
                               "or choose another directory")
-        old = json.loads(run.read_text())
+        try:
+            old = json.loads(run.read_text())
+            old.items()
+        except (ValueError, AttributeError) as exc:
+            raise ResumeError(f"{run} is damaged ({exc}); cannot tell what the written keys were computed from: "
+                              "use another directory") from None
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             raise ResumeError(f"{run} was written with other settings ({', '.join(diff)}: "
                               f"{old.get(diff[0])!r} there, {settings[diff[0]]!r} now); use another directory")
+        if prints is not None:
+            if "fingerprints" not in old:
+                raise ResumeError(f"{run} records no input fingerprints (written by an older version): the keys "
+                                  "there cannot be checked against the inputs; use another directory")
+            changed = compare_fingerprints(old["fingerprints"], prints)
+            if changed:
+                raise ResumeError(f"{run}: the inputs changed since the keys there were computed ({changed}); "
+                                  "resuming would mix old and new results: use another directory")
+    elif (out / "keys").is_dir() and any((out / "keys").iterdir()):
+        raise ResumeError(f"{out / 'keys'} holds key results but {run} is missing: they cannot be checked; "
+                          "use another directory")
     (out / "keys").mkdir(parents=True, exist_ok=True)
     if settings["basis_k"]:
         (out / "basis").mkdir(exist_ok=True)
-    _write_json_atomic(run, settings)
+    _write_json_atomic(run, settings if prints is None else {**settings, "fingerprints": prints})
+
+
+def _read_key_result(path: Path, key: str) -> dict | None:
+    """A key's result written by an earlier run, or None (logged) when the file is damaged: recomputed."""
+    try:
+        res = json.loads(path.read_text())
+        if isinstance(res, dict) and res.get("key") == key and "spectra" in res:
+            return res
+        problem = "not this key's result"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    log.warning("resume: %s for key %r is damaged (%s): recomputing the key", path, key, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def population_spectra(population, out: Path | str, unfolding: str = "rows", center: str = "models",
@@ -308,14 +345,14 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
         raise ValueError("basis_k is available for checkpoints with the rows or cols unfolding only")
     out = Path(out)
     settings = _settings(population, kind, unfolding, center, ks, thresholds, evr_head, basis_k)
-    _prepare_out(out, settings, resume)
+    _prepare_out(out, settings, resume, population)
     dev = pick_device(device)
     results, computed, skipped, too_big = {}, [], [], {}
     bar = tqdm(keys, desc=f"{kind} keys", disable=not progress or None)
     for key in bar:
         path = out / "keys" / (key_filename(key) + ".json")
-        if path.is_file():
-            results[key] = json.loads(path.read_text())
+        if path.is_file() and (old := _read_key_result(path, key)) is not None:
+            results[key] = old
             skipped.append(key)
             continue
         bar.set_postfix_str(key[-40:])
