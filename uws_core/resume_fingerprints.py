@@ -20,19 +20,13 @@ import hashlib
 import struct
 from pathlib import Path
 
+from uws_core.cache import file_sha256
+
 __all__ = ["CONTENT_HASH_MAX_BYTES", "file_fingerprint", "model_files", "population_fingerprints",
            "compare_fingerprints"]
 
 CONTENT_HASH_MAX_BYTES = 64 << 20
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the header size
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _header_sha256(path: Path) -> str:
@@ -49,7 +43,7 @@ def file_fingerprint(path: Path | str) -> dict:
     path = Path(path)
     st = path.stat()
     if st.st_size <= CONTENT_HASH_MAX_BYTES:
-        return {"size": st.st_size, "sha256": _sha256_file(path)}
+        return {"size": st.st_size, "sha256": file_sha256(path)}
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "header_sha256": _header_sha256(path)}
 
 
