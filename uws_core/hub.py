@@ -9,14 +9,20 @@ Two steps, both driven by a manifest of ``data_manifests/`` (see :mod:`uws_core.
     only), missing or gated repositories are marked ``lock_failed`` with the reason.
 ``download_manifest`` (``uws download``)
     fetches only the locked files of the selected entries at the pinned revision
-    (``HfApi.hf_hub_download`` into a staging directory beside ``dest``, which resumes partial
-    transfers), cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
+    (``HfApi.hf_hub_download`` into a staging directory beside ``dest``; within one run the client retries a
+    broken transfer from where it stopped, across runs only whole files verified in staging are reused),
+    cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
     each file's size and checksum and the expected tensor shapes of safetensors files, and only then
     moves an entry's files to ``dest/owner/name/`` (where ``uws_core.manifests.local_dir`` finds them) only
     once all of them are verified, so loaders never see a partial or unverified model. A file that fails
     is moved to a ``rejected`` directory beside ``dest`` and reported. Files already verified (in ``dest``
-    or in staging) are not fetched again, so a rerun resumes. With ``HF_HUB_OFFLINE`` set
-    nothing is fetched: files present are verified against the lock and missing ones are reported.
+    or in staging) are not fetched again, so a rerun resumes; a damaged file in staging is deleted and fetched
+    again. With ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set nothing is fetched: files present are
+    verified against the lock and missing ones are reported.
+
+Every path written, moved or deleted is checked first (:mod:`uws_core.safe_paths`): repository ids by
+huggingface_hub's validator, file names as relative paths inside the entry, no symbolic link on the way; an
+incomplete entry moves only its own listed files back to staging (a user's other files stay).
 
 The API object is injected (``api=``): an ``huggingface_hub.HfApi`` by default, a local fake in tests.
 Only three of its methods are used: ``model_info``, ``get_paths_info`` and ``hf_hub_download``.
