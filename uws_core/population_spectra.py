@@ -92,20 +92,24 @@ class MatrixPopulation:
             self.shapes[key], self.stored_shapes[key] = (shape[0], int(np.prod(shape[1:]))), shape
 
     def _detect_conv1d(self) -> bool:
-        types = set()
+        types, first = set(), {}
         for name, d in zip(self.names, self.dirs):
             try:
                 cfg = json.loads((d / "config.json").read_text())
             except (OSError, ValueError):
                 types.add(None)
+                first.setdefault(None, name)
                 continue
             mt = cfg.get("model_type") if isinstance(cfg, dict) else None
             if not isinstance(cfg, dict) or not isinstance(mt, (str, type(None))):
                 raise CheckpointFormatError(f"model {name!r}: {d / 'config.json'} has key 'model_type' "
                                             f"{mt if isinstance(cfg, dict) else cfg!r:.80}, not a name")
             types.add(mt)
+            first.setdefault(mt, name)
         if len(types) > 1:
-            raise CheckpointFormatError(f"checkpoints declare different model_type values {sorted(map(str, types))}")
+            raise CheckpointFormatError("checkpoints declare different model_type values in config.json: "
+                                        + ", ".join(f"{t!r} (model {n!r}, {self.dirs[self.names.index(n)]})"
+                                                    for t, n in first.items()))
         return types.pop() in CONV1D_MODEL_TYPES
 
     def _common_conv_keys(self, strict: bool) -> dict:
