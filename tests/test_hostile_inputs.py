@@ -174,6 +174,29 @@ def test_symlinked_owner_or_entry_directory_is_refused(tmp_path, victim, monkeyp
         assert rid in rep.entries[rid]
 
 
+def test_a_symlinked_dest_is_followed_once_and_a_planted_file_link_is_refused(tmp_path, victim, monkeypatch):
+    real = tmp_path / "disk" / "dest"
+    entry = real / "alice" / "lora-a"
+    entry.mkdir(parents=True)
+    (entry / "adapter_model.safetensors").symlink_to(victim / "alice" / "lora-a" / "adapter_model.safetensors")
+    (tmp_path / "dest").symlink_to(real)  # --dest itself may be a link (a mounted disk)
+    csv = manifest_with(tmp_path, [locked_row("alice/lora-a", ADAPTER)])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rep = download_manifest("mistral7b_loras", tmp_path / "dest", manifest_dir=csv.parent, limit=1, progress=False)
+    assert "symbolic link" in rep.entries["alice/lora-a"] and "adapter_model.safetensors" in rep.entries["alice/lora-a"]
+    assert (real / "uws-download-mistral7b_loras.json").is_file()
+
+
+def test_a_keys_dir_planted_as_a_link_is_refused(tmp_path, victim, capsys):
+    pop = tmp_path / "pop"
+    for i in range(2):
+        write_checkpoint(pop / f"m{i}", checkpoint_weights(i))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keys").symlink_to(victim)
+    err = fails(capsys, "spectra", pop, "--out", tmp_path / "out")
+    assert "keys is a symbolic link" in err
+
+
 def test_planted_symlink_in_staging_is_refused(tmp_path, victim, monkeypatch):
     dest = tmp_path / "dest"
     stage = tmp_path / ".dest.staging" / "alice" / "lora-a"

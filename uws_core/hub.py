@@ -303,7 +303,7 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
     """
     from tqdm.auto import tqdm
 
-    dest = Path(dest)
+    dest = Path(dest).resolve()  # links above --dest are the user's choice; none is followed below it
     offline = hub_offline()
     api = None if offline else (api or default_api())
     df = load_manifest(family, manifest_dir)
@@ -335,8 +335,6 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
         report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
                                                   parse_expected_shapes(row["expected_shapes"]),
                                                   paths, report)
-    if dest.is_symlink():
-        raise HubError(f"--dest {dest} is a symbolic link; refused")
     dest.mkdir(parents=True, exist_ok=True)
     safe_paths.write_text_atomic(dest / f"uws-download-{family}.json", json.dumps(report.to_dict(), indent=1))
     return report
@@ -358,7 +356,7 @@ def _entry_paths(repo_id: str, sums, dest: Path, staging: Path, rejected: Path) 
     huggingface_hub's validator, each name as a relative path, no symlink on the way, all inside their root."""
     where = f"repository {repo_id!r}"
     safe_paths.check_repo_id(repo_id, where)
-    for root in (dest, staging, rejected):
+    for root in (staging, rejected):
         if root.is_symlink():
             raise safe_paths.UnsafePathError(f"{where}: {root} is a symbolic link; refused")
     repo_dir = safe_paths.contained(dest, repo_id, where)

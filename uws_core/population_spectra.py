@@ -248,6 +248,9 @@ def _prepare_out(out: Path, settings: dict, resume: bool, population=None) -> No
     from uws_core.resume_fingerprints import compare_fingerprints, population_fingerprints
 
     run = out / "run.json"
+    for sub in ("keys", "basis"):
+        if (out / sub).is_symlink():
+            raise ResumeError(f"{out / sub} is a symbolic link; results are only written inside {out}")
     prints = population_fingerprints(population) if population is not None else None
     if run.is_file():
         if not resume:
