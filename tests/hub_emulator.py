@@ -65,6 +65,7 @@ class HubEmulator:
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.mangle_model_info = lambda info: info  # a test may corrupt what model info answers
 
     # --------------------------------------------------------------------------------- repositories
     def commit(self, repo_id: str, files: dict[str, bytes], gated: bool | str | None = None,
@@ -198,8 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if is_lfs(name, data):
                     s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             siblings.append(s)
-        self._json({"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                    "gated": repo.gated, "disabled": False, "tags": [], "siblings": siblings})
+        info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
+                "gated": repo.gated, "disabled": False, "tags": [], "siblings": siblings}
+        self._json(self.emulator.mangle_model_info(info))
 
     def _paths_info(self, repo_id: str, rev: str) -> None:
         n = int(self.headers.get("Content-Length") or 0)

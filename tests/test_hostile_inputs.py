@@ -547,3 +547,57 @@ def test_pickles_are_never_loaded(tmp_path, victim, capsys):
     (d / "config.json").write_text("{}")
     err = fails(capsys, "spectra", tmp_path / "pop", "--out", tmp_path / "out")
     assert not (tmp_path / "pwned").exists() and "pop" in err
+
+
+@pytest.mark.parametrize("fault", ["sha", "lfs_hex", "size"])
+def test_malformed_hub_metadata_fails_one_entry_and_keeps_the_others(tmp_path, victim, fault):
+    from huggingface_hub import HfApi
+
+    with HubEmulator() as hub:
+        hub.commit("alice/lora-a", ADAPTER)
+        hub.commit("alice/lora-b", ADAPTER)
+
+        def mangle(obj):
+            if obj["id"] != "alice/lora-a":
+                return obj
+            if fault == "sha":
+                obj["sha"] = "../../x"
+            for s in obj["siblings"]:
+                if s.get("lfs") and fault == "lfs_hex":
+                    s["lfs"]["sha256"] = "not hex;x=y"
+                if fault == "size":
+                    s["size"] = -5
+            return obj
+
+        hub.mangle_model_info = mangle
+        csv = manifest_with(tmp_path, [{"repo_id": rid, "hub_status": "unlocked", "revision": "", "checksums": "",
+                                        "files": "adapter_config.json;adapter_model.safetensors"}
+                                       for rid in ("alice/lora-a", "alice/lora-b")])
+        res = lock_manifest("mistral7b_loras", api=HfApi(endpoint=hub.url), manifest_dir=csv.parent, limit=2,
+                            progress=False)
+    assert res["locked"] == 1 and res["failed"][0]["repo_id"] == "alice/lora-a"
+    df = load_manifest("mistral7b_loras", csv.parent)
+    assert list(df["hub_status"][:2]) == ["lock_failed", "locked"]
+
+
+def test_malformed_manifest_csv_and_index_values_are_named(tmp_path, victim, capsys):
+    csv = manifest_with(tmp_path, [])
+    csv.write_text(csv.read_text() + '"unterminated,\n')
+    err = fails(capsys, "download", csv, "--dest", tmp_path / "dest")
+    assert str(csv) in err
+    w = checkpoint_weights(0)
+    d = sharded(tmp_path / "pop" / "m0", {"a.safetensors": w}, {k: ["a.safetensors"] for k in w})
+    err = fails(capsys, "spectrum", d, "--unfolding", "rows", "--out", tmp_path / "o.json")
+    assert "model.safetensors.index.json" in err and "not a shard file name" in err and "m0" in err
+
+
+def test_non_finite_weights_are_named(tmp_path, victim, capsys):
+    pop = tmp_path / "pop"
+    write_checkpoint(pop / "m0", checkpoint_weights(0))
+    w = checkpoint_weights(1)
+    w["model.layers.1.mlp.up_proj.weight"][2, 1] = math.nan
+    write_checkpoint(pop / "m1", w)
+    for cmd in (["spectra", pop, "--out", tmp_path / "out"],
+                ["spectrum", pop, "--unfolding", "rows", "--out", tmp_path / "o.json"]):
+        err = fails(capsys, *cmd)
+        assert "m1" in err and "model.layers.1.mlp.up_proj.weight" in err

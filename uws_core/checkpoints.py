@@ -186,6 +186,9 @@ def checkpoint_tensor_files(directory: Path, owner: str = "") -> dict[str, tuple
         weight_map = json.loads(index.read_text(), object_pairs_hook=no_duplicates)["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
+        bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise TypeError(f"key {bad[0]!r} maps to {bad[1]!r}, not a shard file name")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointFormatError(f"{where}: malformed index {index}: {exc}") from exc
     headers: dict[str, dict] = {}

@@ -131,6 +131,8 @@ def _lfs_sha256(lfs) -> str:
 
 def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
     """A FileChecksum from the hub's metadata of one file (``RepoSibling`` or ``RepoFile`` fields)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HubError(f"the hub gave size {size!r} for {name!r}")
     if lfs is not None:
         return FileChecksum(name, "sha256", _lfs_sha256(lfs), int(size))
     if not blob_id:
@@ -158,7 +160,15 @@ def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) ->
         pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
         raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
                        + (f" (pickles only: {', '.join(pickles[:3])})" if pickles else ""))
-    return info.sha, [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
+    if not isinstance(info.sha, str) or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+        raise HubError(f"repository {repo_id!r}: the hub gave commit {info.sha!r}, not a 40-hex sha")
+    sums = [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
+    try:  # what the hub said must read back from the manifest cell it is written to
+        if parse_checksums(format_checksums(sums)) != sums:
+            raise ValueError("checksums do not read back")
+    except (ValueError, TypeError) as exc:
+        raise HubError(f"repository {repo_id!r} at {info.sha}: unusable file metadata from the hub: {exc}") from None
+    return info.sha, sums
 
 
 def _select(df, only: str | None, limit: int | None, statuses, where: dict | None = None) -> list[int]:

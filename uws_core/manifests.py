@@ -226,7 +226,10 @@ def load_manifest(family: str, manifest_dir: Path | str | None = None) -> pd.Dat
     _, expected, required = FAMILIES[family]
     if not path.is_file():
         raise ManifestError(f"manifest {path} is missing")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' ParserError / EmptyDataError are ValueErrors
+        raise ManifestError(f"manifest {path} is not a readable CSV file: {exc}") from None
     missing = [c for c in (*required, *HUB_COLUMNS) if c not in df.columns]
     if missing:
         raise ManifestError(f"manifest {path}: missing columns {missing}")
