@@ -601,3 +601,39 @@ def test_non_finite_weights_are_named(tmp_path, victim, capsys):
                 ["spectrum", pop, "--unfolding", "rows", "--out", tmp_path / "o.json"]):
         err = fails(capsys, *cmd)
         assert "m1" in err and "model.layers.1.mlp.up_proj.weight" in err
+
+
+@pytest.mark.parametrize("name", [".uws-verified.json", ".cache/huggingface/download/adapter_model.safetensors.metadata"])
+def test_hub_files_named_like_our_stamp_or_the_clients_metadata_are_never_locked(tmp_path, victim, name):
+    from huggingface_hub import HfApi
+
+    with HubEmulator() as hub:
+        hub.commit("alice/lora-a", {**ADAPTER, name: b"{}"})
+        csv = manifest_with(tmp_path, [{"repo_id": "alice/lora-a", "files": "*;.cache/*/*/*", "hub_status": "unlocked",
+                                        "revision": "", "checksums": ""}])
+        res = lock_manifest("mistral7b_loras", api=HfApi(endpoint=hub.url), manifest_dir=csv.parent, limit=1,
+                            progress=False)
+    assert res["locked"] == 0 and "reserved" in res["failed"][0]["reason"]
+
+
+def test_a_file_where_an_entry_directory_should_be_fails_that_entry_only(tmp_path, victim, monkeypatch):
+    dest = tmp_path / "dest"
+    (dest / "alice").mkdir(parents=True)
+    (dest / "alice" / "lora-a").write_text("not a directory")
+    entry_b = dest / "alice" / "lora-b"
+    entry_b.mkdir()
+    for n, b in ADAPTER.items():
+        (entry_b / n).write_bytes(b)
+    csv = manifest_with(tmp_path, [locked_row("alice/lora-a", ADAPTER), locked_row("alice/lora-b", ADAPTER)])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rep = download_manifest("mistral7b_loras", dest, manifest_dir=csv.parent, limit=2, progress=False)
+    assert rep.entries["alice/lora-b"] == "ok" and rep.entries["alice/lora-a"] != "ok"
+    assert (dest / "alice" / "lora-a").read_text() == "not a directory"
+
+
+def test_an_empty_floating_matrix_not_named_weight_is_refused(tmp_path, victim, capsys):
+    pop = tmp_path / "pop"
+    for i in range(2):
+        write_checkpoint(pop / f"m{i}", {**checkpoint_weights(i), "model.extra_scale": torch.zeros(0, 7)})
+    err = fails(capsys, "spectra", pop, "--out", tmp_path / "out")
+    assert "model.extra_scale" in err and "zero size" in err

@@ -219,11 +219,12 @@ def checkpoint_tensor_files(directory: Path, owner: str = "") -> dict[str, tuple
 
 
 def check_weight_tensors(files: dict, owner: str) -> None:
-    """The dtype policy (:mod:`uws_core.dtype_policy`) on a checkpoint's weights: a 2-D or 4-D tensor whose key
-    ends in ``weight`` must be floating and non-empty (an int8 / uint8 / bool / int64 "weight" is quantised
-    data, never analysed as numbers); other non-floating tensors (``position_ids`` buffers) are skipped."""
+    """The dtype policy (:mod:`uws_core.dtype_policy`) on a checkpoint's matrices: every 2-D or 4-D floating
+    tensor (what is analysed) must be non-empty, and one whose key ends in ``weight`` must be floating (an int8 /
+    uint8 / bool / int64 "weight" is quantised data, never analysed as numbers); other non-floating tensors
+    (``position_ids`` buffers) are skipped."""
     for key, (path, shape, dt) in files.items():
-        if len(shape) in (2, 4) and key.endswith("weight"):
+        if len(shape) in (2, 4) and (key.endswith("weight") or dt in FLOAT_DTYPES):
             dtype_policy.check_weight(path, key, shape, dt, owner, CheckpointFormatError)
 
 

@@ -155,7 +155,7 @@ def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) ->
     siblings = {s.rfilename: s for s in info.siblings}
     wanted = match_files(list(siblings), patterns)
     for n in wanted:
-        safe_paths.check_relative_name(n, f"repository {repo_id!r} at {info.sha}")
+        check_entry_file_name(n, f"repository {repo_id!r} at {info.sha}")
     if not any(n.endswith(".safetensors") for n in wanted):
         pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
         raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
@@ -342,9 +342,12 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
             report.files.append(FileOutcome(repo_id, "*", "refused", str(exc)))
             report.entries[repo_id] = f"refused: {exc}"
             continue
-        report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
-                                                  parse_expected_shapes(row["expected_shapes"]),
-                                                  paths, report)
+        try:
+            report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
+                                                      parse_expected_shapes(row["expected_shapes"]), paths, report)
+        except OSError as exc:  # e.g. a file where the entry's directory should be: this entry fails, not the run
+            report.files.append(FileOutcome(repo_id, "*", "error", error_text(exc)))
+            report.entries[repo_id] = f"error: {error_text(exc)}"
     dest.mkdir(parents=True, exist_ok=True)
     safe_paths.write_text_atomic(dest / f"uws-download-{family}.json", json.dumps(report.to_dict(), indent=1))
     return report
@@ -361,11 +364,24 @@ class _EntryPaths:
     rejected: dict  # file name -> rejected/owner/name/<file>
 
 
+def check_entry_file_name(name: str, where: str) -> str:
+    """A file name of an entry: a safe relative path (:func:`uws_core.safe_paths.check_relative_name`) that is not
+    one of the names this module or huggingface_hub write beside the files (the verification stamp, and the
+    client's ``.cache/`` download metadata in staging)."""
+    safe_paths.check_relative_name(name, where)
+    if name == STAMP_FILE or name.split("/")[0] == ".cache":
+        raise safe_paths.UnsafePathError(f"{where}: file name {name!r} is reserved (verification stamp or the hub "
+                                         "client's download metadata)")
+    return name
+
+
 def _entry_paths(repo_id: str, sums, dest: Path, staging: Path, rejected: Path) -> _EntryPaths:
     """Every path one entry may write, move or delete, checked before anything is touched: the id by
     huggingface_hub's validator, each name as a relative path, no symlink on the way, all inside their root."""
     where = f"repository {repo_id!r}"
     safe_paths.check_repo_id(repo_id, where)
+    for c in sums:
+        check_entry_file_name(c.name, where)
     for root in (staging, rejected):
         if root.is_symlink():
             raise safe_paths.UnsafePathError(f"{where}: {root} is a symbolic link; refused")
