@@ -66,6 +66,7 @@ class HubEmulator:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.mangle_model_info = lambda info: info  # a test may corrupt what model info answers
+        self.mangle_paths_info = lambda entries: entries  # ... and what paths-info answers
 
     # --------------------------------------------------------------------------------- repositories
     def commit(self, repo_id: str, files: dict[str, bytes], gated: bool | str | None = None,
@@ -218,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if is_lfs(name, data):
                     entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
                 out.append(entry)
-        self._json(out)
+        self._json(self.emulator.mangle_paths_info(out))
 
     def _resolve(self, repo_id: str, rev: str, name: str, head: bool) -> None:
         repo, found = self._repo(repo_id, rev, head)

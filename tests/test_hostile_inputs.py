@@ -637,3 +637,38 @@ def test_an_empty_floating_matrix_not_named_weight_is_refused(tmp_path, victim, 
         write_checkpoint(pop / f"m{i}", {**checkpoint_weights(i), "model.extra_scale": torch.zeros(0, 7)})
     err = fails(capsys, "spectra", pop, "--out", tmp_path / "out")
     assert "model.extra_scale" in err and "zero size" in err
+
+
+@pytest.mark.parametrize("fault", ["folder", "negative_size", "other_lfs", "hostile_extra"])
+def test_nonsense_paths_info_at_download_fails_that_entry_only(tmp_path, victim, fault):
+    from huggingface_hub import HfApi
+
+    with HubEmulator() as hub:
+        hub.commit("alice/lora-a", ADAPTER)
+        hub.commit("alice/lora-b", ADAPTER)
+        csv = manifest_with(tmp_path, [{"repo_id": rid, "hub_status": "unlocked", "revision": "", "checksums": "",
+                                        "files": "adapter_config.json;adapter_model.safetensors"}
+                                       for rid in ("alice/lora-a", "alice/lora-b")])
+        api = HfApi(endpoint=hub.url)
+        assert lock_manifest("mistral7b_loras", api=api, manifest_dir=csv.parent, limit=2, progress=False)["locked"] == 2
+
+        def mangle(entries):
+            if not entries or fault == "hostile_extra":
+                return entries + [{"type": "file", "path": "../../victim/keep.txt", "size": 9, "oid": "0" * 40}]
+            e = entries[0]
+            if fault == "folder":
+                return [{"type": "directory", "path": e["path"], "oid": "0" * 40}] + entries[1:]
+            if fault == "negative_size":
+                e["size"] = -1
+            for other in entries if fault == "other_lfs" else []:
+                if other.get("lfs"):
+                    other["lfs"]["oid"] = "f" * 64
+            return entries
+
+        dest = tmp_path / "dest"
+        hub.mangle_paths_info = mangle
+        rep = download_manifest("mistral7b_loras", dest, api=api, manifest_dir=csv.parent, limit=2, progress=False)
+    if fault == "hostile_extra":  # an extra name in the answer is ignored: only the locked names are used
+        assert rep.entries == {"alice/lora-a": "ok", "alice/lora-b": "ok"}
+    else:
+        assert all(v in ("error", "refused") for v in rep.entries.values()) and not (dest / "alice").exists()

@@ -401,10 +401,11 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: _EntryPaths, 
     if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
         try:
             infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
-        except Exception as exc:  # noqa: BLE001 - network or hub errors are reported per entry
+            hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos
+                   if f.path in {c.name for c in sums}}
+        except Exception as exc:  # noqa: BLE001 - network or hub errors (or nonsense metadata) are reported per entry
             report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {error_text(exc)}"))
             return "error"
-        hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos}
         for c in sums:
             if hub.get(c.name) != c:
                 detail = (f"the hub's metadata at {revision} ({hub.get(c.name)}) differs from the lock ({c})"
