@@ -65,7 +65,7 @@ class HubEmulator:
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self.mangle_model_info = lambda info: info  # a test may corrupt what model info answers
+        self.mangle_model_info = lambda info: info  # a test may corrupt what model info answers (None: a 503)
         self.mangle_paths_info = lambda entries: entries  # ... and what paths-info answers
 
     # --------------------------------------------------------------------------------- repositories
@@ -202,7 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
             siblings.append(s)
         info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
                 "gated": repo.gated, "disabled": False, "tags": [], "siblings": siblings}
-        self._json(self.emulator.mangle_model_info(info))
+        info = self.emulator.mangle_model_info(info)
+        if info is None:  # a transient outage
+            return self._send(503, b"Service Unavailable", {"Content-Type": "text/plain"})
+        self._json(info)
 
     def _paths_info(self, repo_id: str, rev: str) -> None:
         n = int(self.headers.get("Content-Length") or 0)

@@ -672,3 +672,20 @@ def test_nonsense_paths_info_at_download_fails_that_entry_only(tmp_path, victim,
         assert rep.entries == {"alice/lora-a": "ok", "alice/lora-b": "ok"}
     else:
         assert all(v in ("error", "refused") for v in rep.entries.values()) and not (dest / "alice").exists()
+
+
+def test_a_transient_outage_during_relock_keeps_every_pin(tmp_path, victim):
+    from huggingface_hub import HfApi
+
+    with HubEmulator() as hub:
+        hub.commit("alice/lora-a", ADAPTER)
+        csv = manifest_with(tmp_path, [{"repo_id": "alice/lora-a", "hub_status": "unlocked", "revision": "",
+                                        "checksums": "", "files": "adapter_config.json;adapter_model.safetensors"}])
+        api = HfApi(endpoint=hub.url)
+        assert lock_manifest("mistral7b_loras", api=api, manifest_dir=csv.parent, limit=1, progress=False)["locked"] == 1
+        before = load_manifest("mistral7b_loras", csv.parent).iloc[0]
+        hub.mangle_model_info = lambda info: None  # 503 from now on
+        res = lock_manifest("mistral7b_loras", api=api, manifest_dir=csv.parent, limit=1, relock=True, progress=False)
+    after = load_manifest("mistral7b_loras", csv.parent).iloc[0]
+    assert res["locked"] == 0 and "previous pin kept" in res["failed"][0]["reason"] and "503" in res["failed"][0]["reason"]
+    assert (after[["revision", "checksums", "hub_status"]] == before[["revision", "checksums", "hub_status"]]).all()
