@@ -22,19 +22,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The LoRA, ViT and Llama populations for every seed, two at a time (cached; the notebooks then only read
-# them), under the pinned CPU kernels of uws_core.numerics; each prints its fingerprint beside the committed one.
+# them), under the pinned CPU kernels of uws_core.linalg.numerics; each prints its fingerprint beside the committed one.
 populations: setup
-	$(PY) -m uws_core.populations --workers 2
+	$(PY) -m uws_core.zoo.populations --workers 2
 
 # Developers: record the fingerprints of the populations and of the tiny test presets after a change that
 # is meant to change the weights (data_manifests/population_fingerprints.json).
 fingerprints: setup
-	$(PY) -m uws_core.populations --workers 2 --record
-	$(PY) -m uws_core.populations --tiny --record
+	$(PY) -m uws_core.zoo.populations --workers 2 --record
+	$(PY) -m uws_core.zoo.populations --tiny --record
 
 # Populations and notebooks in one schedule: each notebook starts once the populations it reads are built.
 reproduce: setup
-	$(PY) -m uws_core.reproduce --build-populations
+	$(PY) -m uws_core.report.reproduce --build-populations
 
 test: setup unit nbval
 
@@ -51,7 +51,7 @@ bench: setup
 
 # Developers: re-execute the committed notebooks in place at laptop scale (what CI checks).
 notebooks: setup
-	$(PY) -m uws_core.reproduce --inplace
+	$(PY) -m uws_core.report.reproduce --inplace
 
 clean:
 	rm -rf results .cache

@@ -6,7 +6,7 @@ noise), compute the top-16 subspace of
 * the model-axis unfolding, centred (the replication's recipe: B@A flattened, one sample per adapter), and
 * the rows unfolding, centred "models" (the authors' recipe for full models, here on the products),
 
-by (1) ``uws_core.lora.StreamingLoraSpectrum`` (factored, adapters streamed in chunks of 1024/r), (2) forming
+by (1) ``uws_core.linalg.lora.StreamingLoraSpectrum`` (factored, adapters streamed in chunks of 1024/r), (2) forming
 every ``B_i @ A_i`` in float64 and a dense ``torch.linalg.svd`` of the unfolding (for the model axis the
 (d*d, N) orientation, which LAPACK handles ~6x faster than (N, d*d)), and (3) tensorly's HOSVD
 (``tucker(..., n_iter_max=0, init="svd")``, all three modes) of the materialised tensor, compared with the
@@ -93,7 +93,7 @@ def _all_adapters(n, d, r, k, size):
 
 
 def _angle(u, v) -> float:
-    from uws_core.subspace import principal_angles
+    from uws_core.linalg.subspace import principal_angles
 
     return float(principal_angles(u, v).max())
 
@@ -104,7 +104,7 @@ def _basis(sp):
 
 def _factored(unf, center, n, d, r, k, size):
     """Stream generated chunks into the factored accumulator; returns (Spectrum, generation wall, CPU s)."""
-    from uws_core.lora import StreamingLoraSpectrum
+    from uws_core.linalg.lora import StreamingLoraSpectrum
 
     acc = StreamingLoraSpectrum(unf, center, shape=(d, d))
     t_gen = c_gen = 0.0
@@ -151,7 +151,7 @@ def _worker(task: dict) -> dict:
     REPEAT_BELOW_S) and peak RSS (first run) of one method on one size."""
     import torch
 
-    from uws_core.lora import lora_product_spectrum
+    from uws_core.linalg.lora import lora_product_spectrum
 
     unf, n, d, r, k, method = task["unfolding"], task["n"], task["d"], task["r"], task["k"], task["method"]
     center = "none" if method == "tensorly" else CENTER[unf]

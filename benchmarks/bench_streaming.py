@@ -5,7 +5,7 @@ sharded layout (``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index
 
 1. disk: reads the same shard files with plain sequential ``read`` calls after dropping them from the page
    cache (``fsync`` + ``posix_fadvise(DONTNEED)``): the disk's own sequential read rate; and once more warm;
-2. streaming: ``uws_core.population_spectra.population_spectra`` (rows unfolding, centred by the mean
+2. streaming: ``uws_core.weights.population_spectra.population_spectra`` (rows unfolding, centred by the mean
    matrix, the authors' recipe) over the 7 projection matrices of every layer, again from a dropped cache,
    splitting each key's time into reading (``MatrixPopulation.load_stored``: the tensor's bytes in their
    stored dtype) and computing (finiteness check, float64 upcast and Gram updates on the device, then the
@@ -128,7 +128,7 @@ def _key_peak(dirs, key, unfolding, out, queue) -> None:
     """Child process: peak resident memory added by one key's streamed spectrum, against its stated bound."""
     import torch
 
-    from uws_core.population_spectra import MatrixPopulation, population_spectra
+    from uws_core.weights.population_spectra import MatrixPopulation, population_spectra
 
     pop = MatrixPopulation(dirs)
     # start BLAS / LAPACK once (their thread buffers are a fixed cost of the process, not of the key)
@@ -170,7 +170,7 @@ def key_peaks(dirs, work: Path) -> list[dict]:
 def measure(cfg: dict, work: Path) -> dict:
     import torch
 
-    from uws_core.population_spectra import MatrixPopulation, population_spectra
+    from uws_core.weights.population_spectra import MatrixPopulation, population_spectra
 
     t0 = time.perf_counter()
     dirs = write_population(work / "pop", cfg["n_models"], cfg["hidden"], cfg["layers"], cfg["vocab"], cfg["shard"])
@@ -218,7 +218,7 @@ def measure(cfg: dict, work: Path) -> dict:
 
 def family_shapes():
     """(d_out, d_in) of the analysed matrices per family, from the manifests' expected_shapes (real shapes)."""
-    from uws_core.manifests import load_manifest, parse_expected_shapes
+    from uws_core.weights.manifests import load_manifest, parse_expected_shapes
 
     llama = parse_expected_shapes(load_manifest("llama8b")["expected_shapes"][0])
     vit = parse_expected_shapes(load_manifest("vit")["expected_shapes"][0])
@@ -237,7 +237,7 @@ def paper_estimates(rates: dict) -> list[dict]:
     * a LoRA key (rank r): A rows ``2 N r d_in^2``, B cols ``2 N r d_out^2``, product rows ``2 N r d_in^2``
       and model axis ``N^2 r^2 (d_out + d_in)`` flops; eigs of size d_in, d_out, d_in and N.
     """
-    from uws_core.population_spectra import memory_bound_bytes
+    from uws_core.weights.population_spectra import memory_bound_bytes
 
     (llama, n_l), (vit, n_v), (lora, n_m) = family_shapes()
     rate_read, c_eig = rates["read_MBps"] * 1e6, rates["c_per_d3"] * rates["calibration"]

@@ -83,7 +83,7 @@ def adapters_under_manifest_ids(root: Path, n: int, split: str = "train", family
                                 **write_kw) -> WrittenAdapters:
     """Write n PEFT adapters (:func:`write_adapters`) under ``root/<hub id>`` of the first n entries of ``split``
     of the manifest ``family``: the layout the paper-scale branches read. ``dirs`` are the moved directories."""
-    from uws_core.manifests import load_manifest, lora_split
+    from uws_core.weights.manifests import load_manifest, lora_split
 
     ids = list(lora_split(load_manifest(family), split)["repo_id"][:n])
     written = write_adapters(root.with_name(root.name + "_written"), n=n, **write_kw)

@@ -194,7 +194,7 @@ def fails_cmd(capsys, *args, code: int = 2, api=None) -> str:
 def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp_path, capsys):
     from test_hub import FakeHub
 
-    from uws_core.manifests import MANIFEST_DIR, load_manifest
+    from uws_core.weights.manifests import MANIFEST_DIR, load_manifest
 
     mdir = tmp_path / "manifests"
     shutil.copytree(MANIFEST_DIR, mdir)
@@ -225,7 +225,7 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
 
 
 def test_spectra_dispatches_kohya_loras(tmp_path, capsys):
-    """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.kohya."""
+    """A root of kohya-format LoRA files (ranks differing per adapter) goes through uws_core.weights.kohya."""
     from test_kohya import RANKS, kohya_tensors
 
     root = tmp_path / "sdxl"

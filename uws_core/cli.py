@@ -2,14 +2,14 @@
 
 * ``uws spectrum DIRS... --unfolding rows --out results.json``: one JSON for a population (below);
 * ``uws spectra POPULATION_DIR --out DIR [--resume]``: the same spectra streamed key by key into a
-  directory, resumable after an interruption (:mod:`uws_core.population_spectra`);
+  directory, resumable after an interruption (:mod:`uws_core.weights.population_spectra`);
 * ``uws download MANIFEST [--limit N] [--only REGEX] [--dest DIR]``: pinned, checksum-verified downloads
-  of a manifest's entries (:mod:`uws_core.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
+  of a manifest's entries (:mod:`uws_core.weights.hub`); ``uws manifest lock MANIFEST`` pins their revisions and
   checksums (needs network).
 
 ``uws spectrum``: for every weight key shared by a population of transformers checkpoints, or every module key shared
 by a population of PEFT LoRA adapters, compute the spectrum of one centred unfolding of the stack
-(N, d_out, d_in) (a plain truncated SVD of that unfolding; see :mod:`uws_core.spectral`) and write a
+(N, d_out, d_in) (a plain truncated SVD of that unfolding; see :mod:`uws_core.linalg.spectral`) and write a
 JSON summary: shape, N, unfolding, centring, the full explained-variance-ratio (EVR) list, the k that
 reaches 50/90/99% of the variance and the cumulative EVR of the top k components.
 
@@ -39,12 +39,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from uws_core import dtype_policy
-from uws_core.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
-from uws_core.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
-from uws_core.kohya import find_kohya_dirs, is_kohya_lora
-from uws_core.lora import lora_factor_spectra, lora_product_spectrum
-from uws_core.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
+from uws_core.weights import dtype_policy
+from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
+from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
+from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
+from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def run_spectrum(args: argparse.Namespace) -> dict:
 
 
 def memory_limit(args: argparse.Namespace) -> float:
-    """``--max-key-gib`` in bytes, else the default guard (:func:`uws_core.dtype_policy.default_memory_limit_bytes`)."""
+    """``--max-key-gib`` in bytes, else the default guard
+    (:func:`uws_core.weights.dtype_policy.default_memory_limit_bytes`)."""
     if args.max_key_gib is not None:
         if not args.max_key_gib > 0:
             raise CliInputError(f"--max-key-gib must be > 0, got {args.max_key_gib}")
@@ -182,9 +183,9 @@ def memory_limit(args: argparse.Namespace) -> float:
 
 def check_memory(pop, kind: str, keys: list[str], unfolding: str, center: str, limit: float) -> None:
     """Refuse, before anything is allocated, a key whose memory bound (from the headers' shapes alone,
-    :func:`uws_core.population_spectra.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
+    :func:`uws_core.weights.population_spectra.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
     ``limit``; the message names the key, its shape, the bound and the limit."""
-    from uws_core.population_spectra import STORED_BYTES, memory_bound_bytes
+    from uws_core.weights.population_spectra import STORED_BYTES, memory_bound_bytes
 
     for key in keys:
         if kind == "adapters":
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def population_spectra_doc() -> str:
-    from uws_core import population_spectra
+    from uws_core.weights import population_spectra
 
     return population_spectra.__doc__.split("\n\n")[0]
 
@@ -293,8 +294,8 @@ DEST_ENV = {"mistral7b_loras": "UWS_MISTRAL_LORA_DIR", "vit": "UWS_VIT_DIR", "ll
 
 def run_spectra(args: argparse.Namespace) -> str:
     """``uws spectra``: stream per-key spectra into ``--out``; returns the line to print."""
-    from uws_core.kohya import KohyaLoraSet
-    from uws_core.population_spectra import AdapterSet, MatrixPopulation, population_spectra
+    from uws_core.weights.kohya import KohyaLoraSet
+    from uws_core.weights.population_spectra import AdapterSet, MatrixPopulation, population_spectra
 
     kind, dirs, names = find_population(args.dirs)
     pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
@@ -320,8 +321,8 @@ def parse_where(items: list[str]) -> dict[str, str]:
 
 def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
     """``uws download``: returns (summary, exit status: 1 if a file was refused, failed or is missing)."""
-    from uws_core.hub import download_manifest
-    from uws_core.manifests import resolve_manifest
+    from uws_core.weights.hub import download_manifest
+    from uws_core.weights.manifests import resolve_manifest
 
     family, mdir = resolve_manifest(args.manifest)
     dest = args.dest or Path(os.environ.get(DEST_ENV.get(family, ""), "") or Path("checkpoints") / family)
@@ -342,8 +343,8 @@ def run_download(args: argparse.Namespace, api=None) -> tuple[str, int]:
 
 
 def run_lock(args: argparse.Namespace, api=None) -> str:
-    from uws_core.hub import lock_manifest
-    from uws_core.manifests import manifest_path, resolve_manifest
+    from uws_core.weights.hub import lock_manifest
+    from uws_core.weights.manifests import manifest_path, resolve_manifest
 
     family, mdir = resolve_manifest(args.manifest)
     res = lock_manifest(family, api=api, manifest_dir=mdir, limit=args.limit, only=args.only, relock=args.relock,

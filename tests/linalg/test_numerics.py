@@ -1,0 +1,63 @@
+"""The pinned numerical environment (uws_core.linalg.numerics)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from uws_core.linalg import numerics
+
+
+def test_compute_settings_sets_and_restores():
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled)
+    with numerics.compute_settings(1):
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.mkldnn.enabled
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled) == before
+
+
+def test_compute_settings_restores_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with numerics.compute_settings(1):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not numerics.cpu_has_avx2(), reason="the pin holds on x86-64 CPUs with AVX2")
+def test_this_test_process_is_pinned():
+    """conftest.py imports uws_core before torch: the pin reached torch in this process."""
+    assert numerics.is_pinned() and numerics.profile() == numerics.PINNED_PROFILE
+    report = numerics.kernel_report()
+    assert report["torch_cpu_capability"] == "AVX2" and report["env"] == numerics.PINNED_ENV
+
+
+def _probe(code, env_overrides):
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PINNED_ENV and k != numerics.OPT_OUT}
+    env.update(env_overrides)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(not numerics.cpu_has_avx2(), reason="the pin holds on x86-64 CPUs with AVX2")
+def test_pin_applies_only_when_uws_core_comes_first():
+    first = "import uws_core, torch; from uws_core.linalg.numerics import profile; print(profile())"
+    late = "import torch; torch.ones(3).sum(); import uws_core; from uws_core.linalg.numerics import profile; print(profile())"
+    assert _probe(first, {"ATEN_CPU_CAPABILITY": "default"}) == numerics.PINNED_PROFILE
+    assert _probe(late, {"ATEN_CPU_CAPABILITY": "default"}).startswith("native-")   # too late: keyed apart
+    assert _probe(first, {numerics.OPT_OUT: "1", "ATEN_CPU_CAPABILITY": "default"}) == "native-x86_64-default"
+
+
+def test_single_thread_kernels_sets_one_thread_or_the_override():
+    from uws_core.linalg.numerics import single_thread_kernels
+
+    env = {}
+    assert single_thread_kernels(env) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} and env["OMP_NUM_THREADS"] == "1"
+    env = {"UWS_KERNEL_THREADS": "4"}
+    single_thread_kernels(env)
+    assert env["MKL_NUM_THREADS"] == "4"
+    with pytest.raises(ValueError, match="UWS_KERNEL_THREADS"):
+        single_thread_kernels({"UWS_KERNEL_THREADS": "two"})

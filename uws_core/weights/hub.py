@@ -1,0 +1,431 @@
+"""Pinned, verified downloads of the paper-scale manifests from the Hugging Face hub.
+
+Two steps, both driven by a manifest of ``data_manifests/`` (see :mod:`uws_core.weights.manifests`):
+
+``lock_manifest`` (``uws manifest lock``, needs network)
+    resolves each entry's revision to a commit sha and records, for every wanted file at that commit,
+    the hub's checksum: the LFS ``sha256`` for LFS files, the git blob id (sha1) for small files, and
+    the size (``HfApi.model_info(files_metadata=True)``). Entries with no safetensors weights (pickles
+    only), missing or gated repositories are marked ``lock_failed`` with the reason.
+``download_manifest`` (``uws download``)
+    fetches only the locked files of the selected entries at the pinned revision
+    (``HfApi.hf_hub_download`` into a staging directory beside ``dest``; within one run the client retries a
+    broken transfer from where it stopped, across runs only whole files verified in staging are reused),
+    cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
+    each file's size and checksum and the expected tensor shapes of safetensors files, and only then
+    moves an entry's files to ``dest/owner/name/`` (where ``uws_core.weights.manifests.local_dir`` finds them) only
+    once all of them are verified, so loaders never see a partial or unverified model. A file that fails
+    is moved to a ``rejected`` directory beside ``dest`` and reported. Files already verified (in ``dest``
+    or in staging) are not fetched again, so a rerun resumes; a damaged file in staging is deleted and fetched
+    again. With ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set nothing is fetched: files present are
+    verified against the lock and missing ones are reported.
+
+Every path written, moved or deleted is checked first (:mod:`uws_core.weights.safe_paths`): repository ids by
+huggingface_hub's validator, file names as relative paths inside the entry, no symbolic link on the way; an
+incomplete entry moves only its own listed files back to staging (a user's other files stay).
+
+The API object is injected (``api=``): an ``huggingface_hub.HfApi`` by default, a local fake in tests.
+Only three of its methods are used: ``model_info``, ``get_paths_info`` and ``hf_hub_download``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from uws_core.weights import safe_paths
+from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, move_file,
+                                        side_dirs, unpublish)
+from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
+from uws_core.weights.manifests import (FileChecksum, ManifestError, format_checksums, load_manifest, match_files,
+                                parse_checksums, parse_expected_shapes, split_cell, write_manifest)
+
+log = logging.getLogger(__name__)
+
+SAVE_EVERY = 25  # lock: rewrite the manifest every this many entries, so an interrupted lock keeps its work
+_BUF = 1 << 22
+
+
+class HubError(RuntimeError):
+    """A download or lock that cannot proceed (offline lock, unlocked manifest, ...)."""
+
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # huggingface_hub reads both (constants.py)
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value (read now, not at import;
+    huggingface_hub itself goes offline on either)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARS)
+
+
+def error_text(exc: BaseException, limit: int = 1200) -> str:
+    """``Type: message`` with every line of the message kept (joined by `` | ``): huggingface_hub puts the
+    reason ("Repository Not Found", "Cannot access gated repo", "Revision Not Found") on the lines after the
+    first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {' | '.join(lines)}"[:limit]
+
+
+def default_api():
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (what the hub stores as ``lfs.sha256``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_BUF):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """git's blob id of a file: sha1 of ``b"blob <size>\\0" + bytes`` (the hub's ``blob_id``)."""
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(_BUF):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_problem(path: Path, want: FileChecksum) -> str | None:
+    """None if ``path`` has the pinned size and checksum, else what differs."""
+    size = path.stat().st_size
+    if size != want.size:
+        return f"size {size} bytes, pinned {want.size}"
+    got = file_sha256(path) if want.algo == "sha256" else git_blob_sha1(path)
+    if got != want.hex:
+        return f"{want.algo} {got}, pinned {want.hex}"
+    return None
+
+
+def shape_problems(path: Path, expected: dict[str, tuple[int, ...]]) -> list[str]:
+    """Tensors of a safetensors file whose shape differs from ``expected`` (key suffix -> shape)."""
+    if not expected or not path.name.endswith(".safetensors"):
+        return []
+    try:
+        header = read_safetensors_header(path)
+    except WeightFormatError as exc:
+        return [str(exc)]
+    bad = []
+    for key, (shape, _) in header.items():
+        for suffix, want in expected.items():
+            if (key == suffix or key.endswith("." + suffix)) and tuple(shape) != want:
+                bad.append(f"{key} has shape {tuple(shape)}, expected {want}")
+    return bad
+
+
+def _lfs_sha256(lfs) -> str:
+    return lfs["sha256"] if isinstance(lfs, dict) else lfs.sha256
+
+
+def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
+    """A FileChecksum from the hub's metadata of one file (``RepoSibling`` or ``RepoFile`` fields)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HubError(f"the hub gave size {size!r} for {name!r}")
+    if lfs is not None:
+        return FileChecksum(name, "sha256", _lfs_sha256(lfs), int(size))
+    if not blob_id:
+        raise HubError(f"the hub gave no checksum for {name!r} (ask for files_metadata=True)")
+    return FileChecksum(name, "git-sha1", blob_id, int(size))
+
+
+def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) -> tuple[str, list[FileChecksum]]:
+    """Resolve one repository at ``revision`` (default: main): (commit sha, checksums of the wanted files).
+
+    Raises HubError when the repository is gated (``ModelInfo.gated``: its files cannot be fetched without an
+    accepted licence and a token), when a listed file name would leave the entry's directory, or when no
+    safetensors weights match the patterns (e.g. pickles only)."""
+    safe_paths.check_repo_id(repo_id, f"repository {repo_id!r}")
+    info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+    gated = getattr(info, "gated", False)
+    if gated:
+        raise HubError(f"repository {repo_id!r} is gated (gated={gated!r}): its files need an accepted licence and "
+                       "a token; not locked")
+    siblings = {s.rfilename: s for s in info.siblings}
+    wanted = match_files(list(siblings), patterns)
+    for n in wanted:
+        check_entry_file_name(n, f"repository {repo_id!r} at {info.sha}")
+    if not any(n.endswith(".safetensors") for n in wanted):
+        pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
+                       + (f" (pickles only: {', '.join(pickles[:3])})" if pickles else ""))
+    if not isinstance(info.sha, str) or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+        raise HubError(f"repository {repo_id!r}: the hub gave commit {info.sha!r}, not a 40-hex sha")
+    sums = [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
+    try:  # what the hub said must read back from the manifest cell it is written to
+        if parse_checksums(format_checksums(sums)) != sums:
+            raise ValueError("checksums do not read back")
+    except (ValueError, TypeError) as exc:
+        raise HubError(f"repository {repo_id!r} at {info.sha}: unusable file metadata from the hub: {exc}") from None
+    return info.sha, sums
+
+
+def _select(df, only: str | None, limit: int | None, statuses, where: dict | None = None) -> list[int]:
+    """Row positions with a status in ``statuses``, repo id matching ``only``, ``df[col] == value`` for
+    every ``where`` item; the first ``limit`` of them."""
+    pattern = re.compile(only) if only else None
+    for col in where or {}:
+        if col not in df.columns:
+            raise ManifestError(f"--where names column {col!r}, which the manifest lacks (has {list(df.columns)})")
+    rows = [i for i in range(len(df)) if df["hub_status"].iloc[i] in statuses
+            and (pattern is None or pattern.search(df["repo_id"].iloc[i]))
+            and all(df[c].iloc[i] == v for c, v in (where or {}).items())]
+    return rows[:limit] if limit is not None else rows
+
+
+def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = None, only: str | None = None,
+                  relock: bool = False, progress: bool = True, where: dict | None = None) -> dict:
+    """Pin revisions and checksums of a manifest's hub entries and write them into the manifest.
+
+    Each entry is resolved at the hub's current ``main``. Entries already ``locked`` are kept unless
+    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. A relock that fails
+    (network, gated, missing) keeps the entry's previous pin and says why in ``hub_note``; offline
+    (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) nothing is changed. Gated repositories are refused
+    (``ModelInfo.gated``). Failure reasons keep the hub's whole message. Returns counts per outcome and the
+    failures with their reasons.
+    """
+    from tqdm.auto import tqdm
+
+    if hub_offline():
+        raise HubError("uws manifest lock needs the network, but HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set; "
+                       "nothing was changed")
+    api = api or default_api()
+    df = load_manifest(family, manifest_dir)
+    statuses = ("unlocked", "lock_failed", "locked") if relock else ("unlocked", "lock_failed")
+    rows = _select(df, only, limit, statuses, where)
+    out = {"family": family, "locked": 0, "failed": [], "kept_locked": int((df["hub_status"] == "locked").sum())}
+    for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=not progress or None), 1):
+        repo_id = df.at[i, "repo_id"]
+        try:
+            sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
+        except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
+            reason = error_text(exc)
+            if df.at[i, "hub_status"] == "locked":  # a relock that fails keeps the old pin: never erase a lock
+                df.loc[i, "hub_note"] = f"relock failed, previous pin kept: {reason}"
+                out["failed"].append({"repo_id": repo_id, "reason": f"previous pin kept: {reason}"})
+            else:
+                df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
+                out["failed"].append({"repo_id": repo_id, "reason": reason})
+        else:
+            df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = [sha, format_checksums(sums),
+                                                                              "locked", ""]
+            out["locked"] += 1
+        if n_done % SAVE_EVERY == 0:
+            write_manifest(df, family, manifest_dir)
+    write_manifest(df, family, manifest_dir)
+    return out
+
+
+@dataclass
+class FileOutcome:
+    repo_id: str
+    file: str
+    status: str  # present | downloaded | staged | refused | missing_offline | error
+    detail: str = ""
+    path: str = ""
+
+
+@dataclass
+class DownloadReport:
+    family: str
+    dest: str
+    offline: bool
+    files: list[FileOutcome] = field(default_factory=list)
+    entries: dict[str, str] = field(default_factory=dict)  # repo_id -> ok | refused | unlocked | ...
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for v in self.entries.values())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "counts": {s: self.count(s) for s in
+                                           ("present", "downloaded", "staged", "refused", "missing_offline",
+                                            "error")}}
+
+
+def _read_stamp(repo_dir: Path) -> dict:
+    try:
+        return json.loads((repo_dir / STAMP_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_stamp(repo_dir: Path, stamp: dict) -> None:
+    safe_paths.write_text_atomic(repo_dir / STAMP_FILE, json.dumps(stamp, indent=1))
+
+
+def _stamp_of(path: Path, want: FileChecksum) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": str(want)}
+
+
+def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None, limit: int | None = None,
+                      only: str | None = None, allow_unpinned: bool = False, progress: bool = True,
+                      where: dict | None = None) -> DownloadReport:
+    """Download the locked files of a manifest's entries into ``dest/owner/name/``, verified.
+
+    Parameters
+    ----------
+    family : str
+        Manifest family (see ``uws_core.weights.manifests.FAMILIES``).
+    dest : path
+        Root of the local copies (what ``UWS_MISTRAL_LORA_DIR`` etc. point at).
+    api : object, optional
+        Provides ``model_info``, ``get_paths_info`` and ``hf_hub_download`` (default ``HfApi()``).
+    limit, only, where : optional
+        Take the first ``limit`` entries whose repo id matches the regex ``only`` and whose columns equal
+        the values in ``where`` (e.g. ``{"name_flags_heuristic": ""}``: the Llama entries without a flag).
+    allow_unpinned : bool
+        Download entries that are not locked at the hub's current ``main`` (resolved and reported, not
+        written to the manifest). Default: refuse them and say to run ``uws manifest lock``.
+
+    Returns
+    -------
+    DownloadReport (also written to ``dest/uws-download-<family>.json``).
+    """
+    from tqdm.auto import tqdm
+
+    dest = Path(dest).resolve()  # links above --dest are the user's choice; none is followed below it
+    offline = hub_offline()
+    api = None if offline else (api or default_api())
+    df = load_manifest(family, manifest_dir)
+    staging, rejected = side_dirs(dest)
+    report = DownloadReport(family, str(dest), offline)
+    rows = _select(df, only, limit, ("locked", "unlocked", "lock_failed", "unresolved", "no_hub_checkpoint"), where)
+    for i in tqdm(rows, desc=f"download {family}", disable=not progress or None):
+        row = df.iloc[i]
+        repo_id, status = row["repo_id"], row["hub_status"]
+        if status in ("unresolved", "no_hub_checkpoint", "lock_failed"):
+            report.entries[repo_id or f"row {i + 1}"] = f"{status}: {row['hub_note']}"
+            continue
+        revision, sums = row["revision"], parse_checksums(row["checksums"])
+        if status == "unlocked":
+            if not allow_unpinned or offline:
+                report.entries[repo_id] = "unlocked: run `uws manifest lock` first (or pass --allow-unpinned)"
+                continue
+            try:
+                revision, sums = lock_entry(api, repo_id, row["files"])
+            except Exception as exc:  # noqa: BLE001 - reported per entry
+                report.entries[repo_id] = f"error: {error_text(exc)}"
+                continue
+        try:
+            paths = entry_paths(repo_id, sums, dest, staging, rejected)
+        except safe_paths.UnsafePathError as exc:  # nothing is touched for a hostile id, name or planted link
+            report.files.append(FileOutcome(repo_id, "*", "refused", str(exc)))
+            report.entries[repo_id] = f"refused: {exc}"
+            continue
+        try:
+            report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
+                                                      parse_expected_shapes(row["expected_shapes"]), paths, report)
+        except OSError as exc:  # e.g. a file where the entry's directory should be: this entry fails, not the run
+            report.files.append(FileOutcome(repo_id, "*", "error", error_text(exc)))
+            report.entries[repo_id] = f"error: {error_text(exc)}"
+    dest.mkdir(parents=True, exist_ok=True)
+    safe_paths.write_text_atomic(dest / f"uws-download-{family}.json", json.dumps(report.to_dict(), indent=1))
+    return report
+
+
+def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, report) -> str:
+    """Fetch and verify one repository's pinned files; returns the entry's outcome."""
+    repo_dir = paths.repo_dir
+    stamp = _read_stamp(repo_dir)
+    if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
+        try:
+            infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
+            hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos
+                   if f.path in {c.name for c in sums}}
+        except Exception as exc:  # noqa: BLE001 - network or hub errors (or nonsense metadata) are reported per entry
+            report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {error_text(exc)}"))
+            return "error"
+        for c in sums:
+            if hub.get(c.name) != c:
+                detail = (f"the hub's metadata at {revision} ({hub.get(c.name)}) differs from the lock ({c})"
+                          if c.name in hub else f"not on the hub at revision {revision}")
+                report.files.append(FileOutcome(repo_id, c.name, "refused", detail))
+                return "refused"
+    outcome, staged = "ok", []
+    for c in sums:
+        target, stage, bad = paths.target[c.name], paths.stage[c.name], paths.rejected[c.name]
+        if target.is_file():
+            if stamp.get(c.name) == _stamp_of(target, c):
+                report.files.append(FileOutcome(repo_id, c.name, "present", "verified earlier", str(target)))
+                continue
+            problem = checksum_problem(target, c)
+            if problem is None:
+                stamp[c.name] = _stamp_of(target, c)
+                _write_stamp(repo_dir, stamp)
+                report.files.append(FileOutcome(repo_id, c.name, "present", "verified", str(target)))
+                continue
+            move_file(target, bad)
+            report.files.append(FileOutcome(repo_id, c.name, "refused", f"local copy: {problem}; moved to {bad}"))
+        elif bad.exists():
+            report.files.append(FileOutcome(repo_id, c.name, "refused",
+                                            f"refused earlier: see {bad} (delete it to retry)"))
+            outcome = "refused"
+            continue
+        refetch = False
+        if stage.is_file():
+            if checksum_problem(stage, c) is None and not shape_problems(stage, expected):
+                staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
+                continue
+            # a damaged file left in staging: huggingface_hub would return it again without a request (its
+            # download metadata still matches), so it is deleted and fetched anew
+            log.warning("%s/%s: damaged copy in staging deleted, fetching again", repo_id, c.name)
+            stage.unlink()
+            refetch = True
+        if api is None:
+            report.files.append(FileOutcome(repo_id, c.name, "missing_offline",
+                                            "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
+            outcome = "missing" if outcome == "ok" else outcome
+            continue
+        try:
+            kw = {"force_download": True} if refetch else {}
+            got = Path(api.hf_hub_download(repo_id=repo_id, filename=c.name, revision=revision,
+                                           local_dir=paths.stage_dir, **kw))
+            if got.resolve() != stage.resolve() or got.is_symlink():
+                raise safe_paths.UnsafePathError(f"the download of {c.name!r} landed at {got}, not at {stage}")
+        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun fetches it again
+            report.files.append(FileOutcome(repo_id, c.name, "error", error_text(exc)))
+            outcome = "error"
+            continue
+        problems = [p for p in [checksum_problem(got, c)] if p] or shape_problems(got, expected)
+        if problems:
+            move_file(got, bad)
+            log.warning("%s/%s refused: %s", repo_id, c.name, problems[0])
+            report.files.append(FileOutcome(repo_id, c.name, "refused", f"{'; '.join(problems[:3])}; moved to {bad}"))
+            outcome = "refused"
+            continue
+        staged.append((c, got, time.strftime("fetched %Y-%m-%dT%H:%M:%S")))
+    if outcome != "ok":  # an incomplete or refused entry never appears in dest: its good files wait in staging
+        for c, path, _ in staged:
+            report.files.append(FileOutcome(repo_id, c.name, "staged", f"verified, waiting for the rest of the entry "
+                                            f"in {path.parent}"))
+        if repo_dir.is_dir():
+            unpublish(paths)
+        return outcome
+    for c, path, detail in staged:  # every file verified: publish the entry
+        move_file(path, paths.target[c.name])
+        stamp[c.name] = _stamp_of(paths.target[c.name], c)
+        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(paths.target[c.name])))
+    if staged:
+        _write_stamp(repo_dir, stamp)
+    return outcome
+
+
+__all__ = ["HubError", "hub_offline", "file_sha256", "git_blob_sha1", "checksum_problem", "shape_problems",
+           "lock_entry", "lock_manifest", "download_manifest", "DownloadReport", "FileOutcome", "side_dirs",
+           "ManifestError", "split_cell"]

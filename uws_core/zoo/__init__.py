@@ -1,0 +1,97 @@
+"""The laptop populations our code trains on a CPU: task generators, the tiny Mistral / ViT / Llama
+models, their trainers, random-init populations and the build of every population and seed.
+Imports uws_core.linalg and uws_core.weights.
+
+Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
+The names below are loaded on first use (importing the package stays cheap).
+"""
+
+from __future__ import annotations
+
+from uws_core import lazy_exports
+
+#: public name -> module of this package that defines it
+_API = {
+    "BaseMixture": "tasks",
+    "CharTokenizer": "tasks",
+    "DOMAINS": "llama_tasks",
+    "Example": "tasks",
+    "INPUT_FORMATS": "tasks",
+    "KINDS": "populations",
+    "LABEL_MAPS": "vit_tasks",
+    "LlamaPopulation": "llama_zoo",
+    "LlamaZooConfig": "llama_zoo",
+    "LoraPopulation": "lora_zoo",
+    "LoraPopulationConfig": "lora_zoo",
+    "MATRIX_TYPES": "llama_model",
+    "MultiLora": "tinylm",
+    "MultiLoraLinear": "tinylm",
+    "OPERATIONS": "tasks",
+    "OUTPUT_FORMATS": "tasks",
+    "Operation": "tasks",
+    "SEEDS": "populations",
+    "TASK_GROUPS": "llama_tasks",
+    "TRANSFORMS": "vit_tasks",
+    "Task": "tasks",
+    "VitPopulations": "vit_zoo",
+    "VitTask": "vit_tasks",
+    "VitZooConfig": "vit_zoo",
+    "accuracy": "tinylm",
+    "answer_correct": "tinylm",
+    "answer_nll": "tinylm",
+    "apply_transform": "vit_tasks",
+    "architecture_class": "inits",
+    "build": "populations",
+    "build_all": "populations",
+    "build_llama_population": "llama_zoo",
+    "build_lora_population": "lora_zoo",
+    "build_vit_populations": "vit_zoo",
+    "code_digest": "lora_zoo",
+    "config_for": "populations",
+    "encode_examples": "tinylm",
+    "evaluate_models": "llama_model",
+    "evaluate_states": "vit_model",
+    "exact_match": "tasks",
+    "examples_of": "llama_tasks",
+    "finetune_plan": "llama_tasks",
+    "fingerprint_tiny": "populations",
+    "format_input": "tasks",
+    "format_output": "tasks",
+    "greedy_decode": "tinylm",
+    "init_state": "llama_model",
+    "language_map": "llama_tasks",
+    "llama_config": "llama_model",
+    "llama_logits": "llama_model",
+    "load_digit_images": "vit_tasks",
+    "main": "populations",
+    "make_tasks": "tasks",
+    "merge_lora_state": "tinylm",
+    "mistral_config": "tinylm",
+    "new_base_model": "tinylm",
+    "parse_task": "vit_tasks",
+    "population_names": "populations",
+    "random_init_model": "inits",
+    "save_llama": "llama_model",
+    "save_vit": "vit_model",
+    "scratch_plan": "vit_tasks",
+    "split_indices": "vit_tasks",
+    "task_combinations": "tasks",
+    "task_data": "vit_tasks",
+    "task_name": "vit_tasks",
+    "train_adapters": "tinylm",
+    "train_base": "tinylm",
+    "train_models": "llama_model",
+    "translate": "llama_tasks",
+    "translate_examples": "llama_tasks",
+    "unseen_finetune": "llama_zoo",
+    "verify_examples": "llama_tasks",
+    "vit_config": "vit_model",
+    "vit_logits": "vit_model",
+    "warmup_cosine": "lr_schedule",
+    "warmup_cosine_factor": "lr_schedule",
+    "warmup_cosine_to_tenth": "lr_schedule",
+    "write_random_inits": "inits",
+}
+
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)
