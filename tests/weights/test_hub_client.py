@@ -25,7 +25,7 @@ from safetensors.torch import save
 from hub_emulator import HubEmulator
 from uws_core.weights.manifests import MANIFEST_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LORA_IDS = ["alice/lora-a", "alice/lora-b", "bob/lora-c"]
 
 
