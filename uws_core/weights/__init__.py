@@ -2,7 +2,8 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``fingerprints``, ``hub``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``run_dirs``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``fingerprints``, ``hub``, ``hub_paths``, ``kohya``,
+``manifests``, ``peft_state``, ``population_spectra``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -24,13 +25,20 @@ _API = {
     "PEFT_PREFIX": "peft_state",
     "ResumeError": "run_dirs",
     "SCALES": "scale",
+    "UnsafePathError": "safe_paths",
     "build_cached": "cache",
+    "check_relative_name": "safe_paths",
+    "check_repo_id": "safe_paths",
+    "check_weight": "dtype_policy",
     "checksum_problem": "hub",
     "committed_fingerprints": "fingerprints",
     "compact_lora_pair": "peft_state",
+    "compare_fingerprints": "resume_fingerprints",
     "compare_with_committed": "fingerprints",
     "config_digest": "cache",
+    "contained": "safe_paths",
     "default_cache_dir": "cache",
+    "default_memory_limit_bytes": "dtype_policy",
     "dense_lora_state": "peft_state",
     "download_manifest": "hub",
     "drive_keys": "run_dirs",
@@ -48,8 +56,10 @@ _API = {
     "peft_state_from_dense": "peft_state",
     "peft_weight_key": "peft_state",
     "population_fingerprint": "fingerprints",
+    "population_fingerprints": "resume_fingerprints",
     "prepare_out": "run_dirs",
     "read_info": "cache",
+    "read_key_result": "run_dirs",
     "record_fingerprints": "fingerprints",
     "save_peft_adapter": "peft_state",
     "scale": "scale",
@@ -61,6 +71,7 @@ _API = {
     "verify_cache_dir": "cache",
     "write_json_atomic": "run_dirs",
     "write_manifest": "cache",
+    "write_text_atomic": "safe_paths",
 }
 
 __all__ = sorted(_API)
