@@ -689,3 +689,21 @@ def test_a_transient_outage_during_relock_keeps_every_pin(tmp_path, victim):
     after = load_manifest("mistral7b_loras", csv.parent).iloc[0]
     assert res["locked"] == 0 and "previous pin kept" in res["failed"][0]["reason"] and "503" in res["failed"][0]["reason"]
     assert (after[["revision", "checksums", "hub_status"]] == before[["revision", "checksums", "hub_status"]]).all()
+
+
+def test_an_entry_that_cannot_fit_on_the_disk_is_not_started(tmp_path, victim, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from uws_core.weights import hub as hub_module
+
+    with HubEmulator() as hub:
+        hub.commit("alice/lora-a", ADAPTER)
+        csv = manifest_with(tmp_path, [{"repo_id": "alice/lora-a", "hub_status": "unlocked", "revision": "",
+                                        "checksums": "", "files": "adapter_config.json;adapter_model.safetensors"}])
+        api = HfApi(endpoint=hub.url)
+        lock_manifest("mistral7b_loras", api=api, manifest_dir=csv.parent, limit=1, progress=False)
+        monkeypatch.setattr(hub_module, "free_bytes", lambda path: 100)  # a nearly full disk
+        rep = download_manifest("mistral7b_loras", tmp_path / "dest", api=api, manifest_dir=csv.parent, limit=1,
+                                progress=False)
+        assert rep.entries["alice/lora-a"] == "error" and "free on that disk" in rep.files[0].detail
+        assert hub.content_gets() == 0

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from uws_core.weights import safe_paths
-from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, move_file,
-                                        side_dirs, unpublish)
+from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, free_bytes,
+                                        move_file, side_dirs, unpublish)
 from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
 from uws_core.weights.manifests import (FileChecksum, ManifestError, format_checksums, load_manifest, match_files,
                                 parse_checksums, parse_expected_shapes, split_cell, write_manifest)
@@ -357,6 +357,13 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
                           if c.name in hub else f"not on the hub at revision {revision}")
                 report.files.append(FileOutcome(repo_id, c.name, "refused", detail))
                 return "refused"
+    if api is not None:  # a transfer that cannot fit is refused before it starts, not when the disk is full
+        need = sum(c.size for c in sums if not paths.target[c.name].is_file() and not paths.stage[c.name].is_file())
+        free = free_bytes(paths.stage_dir)
+        if need > free:
+            report.files.append(FileOutcome(repo_id, "*", "error", f"needs {need} bytes in {paths.stage_dir}, only "
+                                            f"{free} free on that disk; nothing fetched"))
+            return "error"
     outcome, staged = "ok", []
     for c in sums:
         target, stage, bad = paths.target[c.name], paths.stage[c.name], paths.rejected[c.name]

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 STAMP_FILE = ".uws-verified.json"  # per downloaded repository: file -> size, mtime, verified checksum
 
-__all__ = ["STAMP_FILE", "EntryPaths", "entry_paths", "check_entry_file_name", "move_file", "side_dirs", "unpublish"]
+__all__ = ["STAMP_FILE", "EntryPaths", "entry_paths", "check_entry_file_name", "free_bytes", "move_file", "side_dirs", "unpublish"]
 
 
 def move_file(src: Path, dst: Path) -> None:
@@ -29,6 +29,14 @@ def move_file(src: Path, dst: Path) -> None:
         os.replace(src, dst)  # atomic on one filesystem
     except OSError:
         shutil.move(str(src), str(dst))
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
 
 
 def side_dirs(dest: Path) -> tuple[Path, Path]:
