@@ -116,7 +116,7 @@ def test_untrained_adapters_warn_zero_variance(adapter_population, tmp_path, cap
 
 # ----- errors: non-zero exit and a message naming the bad file -----
 
-def fails(capsys, *args, code: int = 1) -> str:
+def fails(capsys, *args, code: int = 2) -> str:
     with pytest.raises(SystemExit) as exc:
         main(["spectrum", *map(str, args)])
     assert exc.value.code == code
@@ -183,7 +183,7 @@ def test_spectra_streams_matches_spectrum_and_resumes(checkpoint_population, tmp
     assert "(0 computed, 14 resumed" in capsys.readouterr().out
 
 
-def fails_cmd(capsys, *args, code: int = 1, api=None) -> str:
+def fails_cmd(capsys, *args, code: int = 2, api=None) -> str:
     with pytest.raises(SystemExit) as exc:
         main([*map(str, args)], api=api)
     assert exc.value.code == code
@@ -213,7 +213,7 @@ def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp
     assert (dest / ids[1] / "adapter_model.safetensors").is_file()
     shutil.rmtree(dest / ids[1])
     hub.tamper[(ids[1], "adapter_model.safetensors")] = b"not a safetensors file"
-    out = fails_cmd(capsys, "download", csv, "--limit", "2", "--dest", dest, "--only", "task", api=hub)
+    out = fails_cmd(capsys, "download", csv, "--limit", "2", "--dest", dest, "--only", "task", api=hub, code=1)
     assert "2 present" in out and f"refused: {ids[1]}/adapter_model.safetensors: size" in out
     err = fails_cmd(capsys, "manifest", "lock", "bert", api=hub)
     assert "'bert' is neither a model family" in err

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from uws_core.weights import dtype_policy
 from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
 from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
 from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
@@ -178,6 +179,7 @@ def run_spectrum(args: argparse.Namespace) -> dict:
     keys = [key for key in all_keys if pattern is None or pattern.search(key)]
     if not keys:
         raise CliInputError(f"no key matches --keys {args.keys!r} (e.g. {all_keys[0]!r})")
+    check_memory(pop, kind, keys, args.unfolding, args.center, memory_limit(args))
     log.info("%d %s, %d keys", len(pop), kind, len(keys))
     if args.recipe is not None:
         results = recipe_runs.recipe_spectra(pop, kind, keys, args.recipe, scaling, args.k, spectrum_summary,
@@ -201,6 +203,38 @@ def run_spectrum(args: argparse.Namespace) -> dict:
         "unfolding": unfolding, "center": center, "k": args.k, "keys_regex": args.keys, **extra,
         "keys": results,
     }
+
+
+def memory_limit(args: argparse.Namespace) -> float:
+    """``--max-key-gib`` in bytes, else the default guard
+    (:func:`uws_core.weights.dtype_policy.default_memory_limit_bytes`)."""
+    if args.max_key_gib is not None:
+        if not args.max_key_gib > 0:
+            raise CliInputError(f"--max-key-gib must be > 0, got {args.max_key_gib}")
+        return args.max_key_gib * 2 ** 30
+    return dtype_policy.default_memory_limit_bytes()
+
+
+def check_memory(pop, kind: str, keys: list[str], unfolding: str, center: str, limit: float) -> None:
+    """Refuse, before anything is allocated, a key whose memory bound (from the headers' shapes alone,
+    :func:`uws_core.weights.population_spectra.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
+    ``limit``; the message names the key, its shape, the bound and the limit."""
+    from uws_core.weights.population_spectra import STORED_BYTES, memory_bound_bytes
+
+    for key in keys:
+        if kind == "adapters":
+            d_out, r, d_in = pop.shape(key)
+            shape = (d_out, d_in)
+            bound = memory_bound_bytes(shape, len(pop), unfolding, center, lora_rank=r)["total"]
+            bound += 8 * len(pop) * r * (d_out + d_in)  # the stacked float64 factors
+        else:
+            shape = pop.shape(key)
+            bound = memory_bound_bytes(shape, len(pop), unfolding, center, STORED_BYTES.get(pop.dtype(key), 8))["total"]
+        if bound > limit:
+            raise CliInputError(f"key {key!r} (shape {tuple(shape)}, {len(pop)} models, model {pop.names[0]!r} ...) "
+                                f"needs up to {dtype_policy.format_gib(bound)}, over the memory limit "
+                                f"{dtype_policy.format_gib(limit)}; pass --max-key-gib to change the limit, or "
+                                "--keys to leave the key out")
 
 
 def write_json(obj: dict, out: Path) -> None:
@@ -237,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None, help="compute device (default: UWS_DEVICE, else cuda if present)")
     sp.add_argument("--allow-missing-keys", action="store_true",
                     help="checkpoints: analyse the keys common to all models instead of refusing differing key sets")
+    sp.add_argument("--max-key-gib", type=float, default=None,
+                    help="refuse keys whose memory bound exceeds this many GiB (default: "
+                         f"{dtype_policy.MEMORY_FRACTION:.0%} of the memory available)")
     sp.add_argument("--out", required=True, type=Path, help="output JSON file")
     sp.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
 
@@ -255,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--keys", default=None, metavar="REGEX", help="only keys matching this regex (re.search)")
     ss.add_argument("--basis-k", type=int, default=0, help="also save the top-k basis per key (checkpoints, rows/cols)")
     ss.add_argument("--max-key-gib", type=float, default=None,
-                    help="skip (and report) keys whose memory bound exceeds this many GiB")
+                    help="skip (and report) keys whose memory bound exceeds this many GiB (default: "
+                         f"{dtype_policy.MEMORY_FRACTION:.0%} of the memory available)")
     ss.add_argument("--device", default=None, help="compute device (default: UWS_DEVICE, else cuda if present)")
     ss.add_argument("--allow-missing-keys", action="store_true", help="checkpoints: use the keys common to all")
     ss.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
@@ -315,7 +353,7 @@ def run_spectra(args: argparse.Namespace) -> str:
     scaling = args.scaling or recipes.DEFAULT_SCALING[args.recipe]
     res = population_spectra(pop, args.out, args.unfolding, args.center, keys=args.keys, basis_k=args.basis_k,
                              resume=args.resume, device=args.device, recipe=args.recipe, scaling=scaling,
-                             max_key_bytes=None if args.max_key_gib is None else args.max_key_gib * 2 ** 30)
+                             max_key_bytes=memory_limit(args))
     return (f"{args.recipe or 'generic'} spectra of {len(res['keys'])} keys x {res['n_models']} {kind} in {args.out} "
             f"({len(res['computed'])} computed, {len(res['resumed'])} resumed, {len(res['too_big'])} over the memory limit); "
             f"`uws report {args.out}` renders a page of it")
@@ -369,7 +407,8 @@ def run_lock(args: argparse.Namespace, api=None) -> str:
 
 
 def main(argv: list[str] | None = None, api=None) -> int:
-    """Entry point of ``uws``; returns 0 on success, exits with status 1 and a message on bad input.
+    """Entry point of ``uws``; returns 0 on success, exits with status 2 and one message (no traceback) on bad
+    input or any failure, status 1 when ``download`` refused, failed or missed a file.
 
     ``api`` replaces ``huggingface_hub.HfApi()`` for ``download`` and ``manifest lock`` (tests pass a local fake).
     """
@@ -401,14 +440,17 @@ def main(argv: list[str] | None = None, api=None) -> int:
             message, status = run_download(args, api=api)
         else:
             message = run_lock(args, api=api)
+        if args.command == "spectrum":
+            write_json(result, args.out)
+            message = spectrum_table(result) + (f"wrote spectra of {len(result['keys'])} keys x "
+                                                f"{result['n_models']} {result['source']} to {args.out}\n")
     except (ValueError, KeyError, OSError, RuntimeError) as exc:  # loader refusals name the file and key
         log.debug("uws %s failed", command, exc_info=True)
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        parser.exit(1, f"uws {command}: error: {msg}\n")
-    if args.command == "spectrum":
-        write_json(result, args.out)
-        message = spectrum_table(result) + (f"wrote spectra of {len(result['keys'])} keys x {result['n_models']} "
-                                            f"{result['source']} to {args.out}\n")
+        parser.exit(2, f"uws {command}: error: {msg}\n")
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches a user; -v logs it
+        log.info("uws %s failed", command, exc_info=True)
+        parser.exit(2, f"uws {command}: error: {type(exc).__name__}: {exc} (unexpected; rerun with -v for details)\n")
     sys.stdout.write(message)
     if status:
         parser.exit(status)

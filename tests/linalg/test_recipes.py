@@ -249,4 +249,4 @@ def test_recipe_input_errors(mixed_alpha_adapters, tiny_checkpoints, tmp_path, c
                       ([root], "give --unfolding")):
         with pytest.raises(SystemExit) as exc:
             main(["spectrum", *map(str, args), "--out", str(tmp_path / "x.json")])
-        assert exc.value.code == 1 and msg in capsys.readouterr().err
+        assert exc.value.code == 2 and msg in capsys.readouterr().err

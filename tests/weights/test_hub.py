@@ -86,7 +86,7 @@ class FakeHub:
                 out.append(RepoFile(path=name, size=size, oid=blob, lfs=lfs))
         return out
 
-    def hf_hub_download(self, *, repo_id, filename, revision=None, local_dir=None):
+    def hf_hub_download(self, *, repo_id, filename, revision=None, local_dir=None, force_download=False):
         self.calls["hf_hub_download"] += 1
         self._check_rev(repo_id, revision)
         if (repo_id, filename) in self.fail:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from uws_core.weights import dtype_policy
 from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
                                   unique_names)
 
@@ -98,6 +99,7 @@ def read_adapter_config(adapter_dir: Path | str) -> LoraAdapterConfig:
         raise AdapterFormatError(f"adapter {d}: key 'r' in {path} must be a positive integer, got {r!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise AdapterFormatError(f"adapter {d}: key 'lora_alpha' in {path} must be a number, got {alpha!r}")
+    dtype_policy.check_alpha(path, "lora_alpha", alpha, f"adapter {d}", AdapterFormatError)
     for key in ("rank_pattern", "alpha_pattern"):
         if raw.get(key):
             raise AdapterFormatError(f"adapter {d}: non-empty {key!r} in {path} ({raw[key]}); per-module "
@@ -159,11 +161,12 @@ def _adapter_factors(d: Path, config: LoraAdapterConfig) -> dict[str, dict[str, 
     header = read_safetensors_header(path, AdapterFormatError, owner=f"adapter {d}")
     modules: dict[str, dict[str, tuple]] = {}
     ignored = []
-    for tkey, (shape, _) in header.items():
+    for tkey, (shape, dt) in header.items():
         m = _FACTOR_RE.match(tkey)
         if not m:
             ignored.append(tkey)
             continue
+        dtype_policy.check_weight(path, tkey, shape, dt, f"adapter {d}", AdapterFormatError)
         which = m.group("which")
         slot = modules.setdefault(m.group("module"), {})
         if which in slot:

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from uws_core.weights import safe_paths
+
 __all__ = ["CacheError", "default_cache_dir", "config_digest", "file_sha256", "write_manifest",
            "verify_cache_dir", "read_info", "build_cached"]
 
@@ -73,7 +75,9 @@ def write_manifest(root: Path, format_version: int, info: dict | None = None) ->
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {"format": format_version, "files": {p.relative_to(root).as_posix(): file_sha256(p) for p in files},
                 "info": info or {}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+    if not manifest["files"]:
+        raise CacheError(f"{root}: the build wrote no file; an empty cache entry is never recorded")
+    safe_paths.write_text_atomic(root / MANIFEST, json.dumps(manifest, indent=1, default=str))
 
 
 def read_json_mapping(path: Path | str, field: str, error: type[Exception] = ValueError, what: str = "file") -> dict:
@@ -94,14 +98,28 @@ def _read_manifest(root: Path) -> dict:
 
 
 def verify_cache_dir(root: Path | str, format_version: int | None = None) -> None:
-    """Raise :class:`CacheError` unless ``root/complete.json`` exists, has ``format_version`` (if given)
-    and every file it lists is present with its sha256."""
+    """Raise :class:`CacheError` unless ``root/complete.json`` exists, has ``format_version`` (if given),
+    lists at least one file, and the directory holds exactly the files it lists (none added, none missing,
+    no symbolic link), each with its sha256."""
     root = Path(root)
     manifest = _read_manifest(root)
     if format_version is not None and manifest.get("format") != format_version:
         raise CacheError(f"{root}: format {manifest.get('format')!r} in {MANIFEST}, expected {format_version}")
-    for rel, digest in manifest["files"].items():
-        p = root / rel
+    listed = manifest["files"]
+    if not listed:
+        raise CacheError(f"{root}: {MANIFEST} lists no file (an emptied manifest is never trusted)")
+    links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    if links:
+        raise CacheError(f"{root}: symbolic link {links[0]} in a cache entry (never followed)")
+    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    extra = sorted(present - set(listed))
+    if extra:
+        raise CacheError(f"{root}: file {extra[0]} is not listed in {MANIFEST} ({len(extra)} unlisted)")
+    for rel, digest in listed.items():
+        try:
+            p = safe_paths.contained(root, rel, str(root))
+        except safe_paths.UnsafePathError as exc:
+            raise CacheError(f"{root}: {MANIFEST} lists an unsafe path: {exc}") from None
         if not p.is_file():
             raise CacheError(f"{root}: missing file {rel}")
         if file_sha256(p) != digest:

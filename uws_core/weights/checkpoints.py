@@ -28,13 +28,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from uws_core.weights import dtype_policy, safe_paths
+
 log = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 # safetensors dtype codes of floating tensors (everything else, e.g. I64 buffers, is skipped)
-FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+FLOAT_DTYPES = dtype_policy.FLOAT_CODES
 
 
 class WeightFormatError(ValueError):
@@ -153,31 +155,51 @@ def find_checkpoint_dirs(root: Path | str) -> list[Path]:
 def checkpoint_tensor_files(directory: Path, owner: str = "") -> dict[str, tuple[Path, tuple[int, ...], str]]:
     """Key -> (file, shape, dtype) of every tensor of one checkpoint directory (headers only).
 
-    Uses ``model.safetensors`` when present, else the sharded index. Refuses a missing directory,
-    pickle-only checkpoints, a malformed index, a shard named in the index that is missing or
-    corrupt, and an index key that its shard does not hold.
+    Uses ``model.safetensors`` or the sharded index. Refuses a missing directory, a directory holding both
+    (two weight sets: which one is meant is not guessed), pickle-only checkpoints, a malformed index (also
+    one naming a key twice), a shard name that leaves the directory (absolute, ``..``, a symlink out), a
+    shard named in the index that is missing or corrupt, an index key that its shard does not hold, and a
+    key held by two shards.
     """
     where = owner or str(directory)
     if not directory.is_dir():
         raise MissingCheckpointFileError(f"{where}: checkpoint directory {directory} does not exist")
     single, index = directory / SINGLE_FILE, directory / INDEX_FILE
+    if single.is_file() and index.is_file():
+        raise CheckpointFormatError(f"{where}: {directory} holds two weight sets ({SINGLE_FILE} and {INDEX_FILE}); "
+                                    "keep one")
     if single.is_file():
         header = read_safetensors_header(single, CheckpointFormatError, where)
         return {k: (single, shape, dt) for k, (shape, dt) in header.items()}
     if not index.is_file():
         refuse_pickles(directory, CheckpointFormatError)
         raise MissingCheckpointFileError(f"{where}: neither {SINGLE_FILE} nor {INDEX_FILE} in {directory}")
+    def no_duplicates(pairs):
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise ValueError(f"key {k!r} is named twice")
+            seen[k] = v
+        return seen
+
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = json.loads(index.read_text(), object_pairs_hook=no_duplicates)["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise TypeError(f"key {bad[0]!r} maps to {bad[1]!r}, not a shard file name")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointFormatError(f"{where}: malformed index {index}: {exc}") from exc
     headers: dict[str, dict] = {}
     out = {}
     for key, shard in weight_map.items():
         if shard not in headers:
-            path = directory / shard
+            try:
+                path = safe_paths.contained(directory, shard, f"{where}: {index}, key {key!r}")
+            except safe_paths.UnsafePathError as exc:
+                raise CheckpointFormatError(f"{exc} (a weight map may only name shards inside its own "
+                                            "directory)") from None
             if not path.is_file():
                 raise MissingCheckpointFileError(
                     f"{where}: shard {shard} named in {index} (key {key!r}) does not exist")
@@ -186,7 +208,24 @@ def checkpoint_tensor_files(directory: Path, owner: str = "") -> dict[str, tuple
             raise CheckpointFormatError(f"{where}: {index} puts key {key!r} in {shard}, which lacks it")
         shape, dt = headers[shard][key]
         out[key] = (directory / shard, shape, dt)
+    for shard, header in headers.items():  # a key in a shard the index does not assign it to: two copies
+        for key in header:
+            if weight_map.get(key) != shard:
+                other = weight_map.get(key)
+                raise CheckpointFormatError(f"{where}: key {key!r} is in shard {shard} but {index} assigns it to "
+                                            f"{other if other else 'no shard'}; a key held twice (or unlisted) is "
+                                            "not resolved silently")
     return out
+
+
+def check_weight_tensors(files: dict, owner: str) -> None:
+    """The dtype policy (:mod:`uws_core.weights.dtype_policy`) on a checkpoint's matrices: every 2-D or 4-D floating
+    tensor (what is analysed) must be non-empty, and one whose key ends in ``weight`` must be floating (an int8 /
+    uint8 / bool / int64 "weight" is quantised data, never analysed as numbers); other non-floating tensors
+    (``position_ids`` buffers) are skipped."""
+    for key, (path, shape, dt) in files.items():
+        if len(shape) in (2, 4) and (key.endswith("weight") or dt in FLOAT_DTYPES):
+            dtype_policy.check_weight(path, key, shape, dt, owner, CheckpointFormatError)
 
 
 class CheckpointSet:
@@ -223,6 +262,7 @@ class CheckpointSet:
         self._files = []
         for name, d in zip(self.names, self.dirs):
             files = checkpoint_tensor_files(d, owner=f"model {name!r} ({d})")
+            check_weight_tensors(files, f"model {name!r} ({d})")
             self._files.append({k: v for k, v in files.items() if len(v[1]) == 2 and v[2] in FLOAT_DTYPES})
         self.weight_keys = self._common_keys(strict)
         self._key_set = frozenset(self.weight_keys)

@@ -9,14 +9,20 @@ Two steps, both driven by a manifest of ``data_manifests/`` (see :mod:`uws_core.
     only), missing or gated repositories are marked ``lock_failed`` with the reason.
 ``download_manifest`` (``uws download``)
     fetches only the locked files of the selected entries at the pinned revision
-    (``HfApi.hf_hub_download`` into a staging directory beside ``dest``, which resumes partial
-    transfers), cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
+    (``HfApi.hf_hub_download`` into a staging directory beside ``dest``; within one run the client retries a
+    broken transfer from where it stopped, across runs only whole files verified in staging are reused),
+    cross-checks the hub's metadata (``HfApi.get_paths_info``) against the lock, verifies
     each file's size and checksum and the expected tensor shapes of safetensors files, and only then
     moves an entry's files to ``dest/owner/name/`` (where ``uws_core.weights.manifests.local_dir`` finds them) only
     once all of them are verified, so loaders never see a partial or unverified model. A file that fails
     is moved to a ``rejected`` directory beside ``dest`` and reported. Files already verified (in ``dest``
-    or in staging) are not fetched again, so a rerun resumes. With ``HF_HUB_OFFLINE`` set
-    nothing is fetched: files present are verified against the lock and missing ones are reported.
+    or in staging) are not fetched again, so a rerun resumes; a damaged file in staging is deleted and fetched
+    again. With ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set nothing is fetched: files present are
+    verified against the lock and missing ones are reported.
+
+Every path written, moved or deleted is checked first (:mod:`uws_core.weights.safe_paths`): repository ids by
+huggingface_hub's validator, file names as relative paths inside the entry, no symbolic link on the way; an
+incomplete entry moves only its own listed files back to staging (a user's other files stay).
 
 The API object is injected (``api=``): an ``huggingface_hub.HfApi`` by default, a local fake in tests.
 Only three of its methods are used: ``model_info``, ``get_paths_info`` and ``hf_hub_download``.
@@ -29,18 +35,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from uws_core.weights import safe_paths
+from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, free_bytes,
+                                        move_file, side_dirs, unpublish)
 from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
 from uws_core.weights.manifests import (FileChecksum, ManifestError, format_checksums, load_manifest, match_files,
                                 parse_checksums, parse_expected_shapes, split_cell, write_manifest)
 
 log = logging.getLogger(__name__)
 
-STAMP_FILE = ".uws-verified.json"  # per downloaded repository: file -> size, mtime, verified checksum
 SAVE_EVERY = 25  # lock: rewrite the manifest every this many entries, so an interrupted lock keeps its work
 _BUF = 1 << 22
 
@@ -49,9 +56,21 @@ class HubError(RuntimeError):
     """A download or lock that cannot proceed (offline lock, unlocked manifest, ...)."""
 
 
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # huggingface_hub reads both (constants.py)
+
+
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` is set to a true value (read now, not at import)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value (read now, not at import;
+    huggingface_hub itself goes offline on either)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARS)
+
+
+def error_text(exc: BaseException, limit: int = 1200) -> str:
+    """``Type: message`` with every line of the message kept (joined by `` | ``): huggingface_hub puts the
+    reason ("Repository Not Found", "Cannot access gated repo", "Revision Not Found") on the lines after the
+    first."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {' | '.join(lines)}"[:limit]
 
 
 def default_api():
@@ -112,6 +131,8 @@ def _lfs_sha256(lfs) -> str:
 
 def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
     """A FileChecksum from the hub's metadata of one file (``RepoSibling`` or ``RepoFile`` fields)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise HubError(f"the hub gave size {size!r} for {name!r}")
     if lfs is not None:
         return FileChecksum(name, "sha256", _lfs_sha256(lfs), int(size))
     if not blob_id:
@@ -122,15 +143,32 @@ def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
 def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) -> tuple[str, list[FileChecksum]]:
     """Resolve one repository at ``revision`` (default: main): (commit sha, checksums of the wanted files).
 
-    Raises HubError when no safetensors weights match the patterns (e.g. pickles only)."""
+    Raises HubError when the repository is gated (``ModelInfo.gated``: its files cannot be fetched without an
+    accepted licence and a token), when a listed file name would leave the entry's directory, or when no
+    safetensors weights match the patterns (e.g. pickles only)."""
+    safe_paths.check_repo_id(repo_id, f"repository {repo_id!r}")
     info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+    gated = getattr(info, "gated", False)
+    if gated:
+        raise HubError(f"repository {repo_id!r} is gated (gated={gated!r}): its files need an accepted licence and "
+                       "a token; not locked")
     siblings = {s.rfilename: s for s in info.siblings}
     wanted = match_files(list(siblings), patterns)
+    for n in wanted:
+        check_entry_file_name(n, f"repository {repo_id!r} at {info.sha}")
     if not any(n.endswith(".safetensors") for n in wanted):
         pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
         raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
                        + (f" (pickles only: {', '.join(pickles[:3])})" if pickles else ""))
-    return info.sha, [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
+    if not isinstance(info.sha, str) or not re.fullmatch(r"[0-9a-f]{40}", info.sha):
+        raise HubError(f"repository {repo_id!r}: the hub gave commit {info.sha!r}, not a 40-hex sha")
+    sums = [checksum_from_hub(n, siblings[n].size, siblings[n].blob_id, siblings[n].lfs) for n in wanted]
+    try:  # what the hub said must read back from the manifest cell it is written to
+        if parse_checksums(format_checksums(sums)) != sums:
+            raise ValueError("checksums do not read back")
+    except (ValueError, TypeError) as exc:
+        raise HubError(f"repository {repo_id!r} at {info.sha}: unusable file metadata from the hub: {exc}") from None
+    return info.sha, sums
 
 
 def _select(df, only: str | None, limit: int | None, statuses, where: dict | None = None) -> list[int]:
@@ -151,12 +189,17 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     """Pin revisions and checksums of a manifest's hub entries and write them into the manifest.
 
     Each entry is resolved at the hub's current ``main``. Entries already ``locked`` are kept unless
-    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. Returns counts per outcome and the failures with their reasons.
+    ``relock``; ``unresolved`` and ``no_hub_checkpoint`` entries are never contacted. A relock that fails
+    (network, gated, missing) keeps the entry's previous pin and says why in ``hub_note``; offline
+    (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) nothing is changed. Gated repositories are refused
+    (``ModelInfo.gated``). Failure reasons keep the hub's whole message. Returns counts per outcome and the
+    failures with their reasons.
     """
     from tqdm.auto import tqdm
 
     if hub_offline():
-        raise HubError("uws manifest lock needs the network, but HF_HUB_OFFLINE is set")
+        raise HubError("uws manifest lock needs the network, but HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set; "
+                       "nothing was changed")
     api = api or default_api()
     df = load_manifest(family, manifest_dir)
     statuses = ("unlocked", "lock_failed", "locked") if relock else ("unlocked", "lock_failed")
@@ -167,9 +210,13 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
         try:
             sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
         except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
-            out["failed"].append({"repo_id": repo_id, "reason": reason})
+            reason = error_text(exc)
+            if df.at[i, "hub_status"] == "locked":  # a relock that fails keeps the old pin: never erase a lock
+                df.loc[i, "hub_note"] = f"relock failed, previous pin kept: {reason}"
+                out["failed"].append({"repo_id": repo_id, "reason": f"previous pin kept: {reason}"})
+            else:
+                df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = ["", "", "lock_failed", reason]
+                out["failed"].append({"repo_id": repo_id, "reason": reason})
         else:
             df.loc[i, ["revision", "checksums", "hub_status", "hub_note"]] = [sha, format_checksums(sums),
                                                                               "locked", ""]
@@ -218,28 +265,12 @@ def _read_stamp(repo_dir: Path) -> dict:
 
 
 def _write_stamp(repo_dir: Path, stamp: dict) -> None:
-    tmp = repo_dir / (STAMP_FILE + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, repo_dir / STAMP_FILE)
+    safe_paths.write_text_atomic(repo_dir / STAMP_FILE, json.dumps(stamp, indent=1))
 
 
 def _stamp_of(path: Path, want: FileChecksum) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": str(want)}
-
-
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(src, dst)  # atomic on one filesystem
-    except OSError:
-        shutil.move(str(src), str(dst))
-
-
-def side_dirs(dest: Path) -> tuple[Path, Path]:
-    """(staging, rejected) directories beside ``dest``: outside it, so loaders never see their files."""
-    dest = Path(dest).resolve()
-    return dest.parent / f".{dest.name}.staging", dest.parent / f".{dest.name}.rejected"
 
 
 def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None, limit: int | None = None,
@@ -268,7 +299,7 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
     """
     from tqdm.auto import tqdm
 
-    dest = Path(dest)
+    dest = Path(dest).resolve()  # links above --dest are the user's choice; none is followed below it
     offline = hub_offline()
     api = None if offline else (api or default_api())
     df = load_manifest(family, manifest_dir)
@@ -289,36 +320,53 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
             try:
                 revision, sums = lock_entry(api, repo_id, row["files"])
             except Exception as exc:  # noqa: BLE001 - reported per entry
-                report.entries[repo_id] = f"error: {type(exc).__name__}: {exc}"
+                report.entries[repo_id] = f"error: {error_text(exc)}"
                 continue
-        report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
-                                                  parse_expected_shapes(row["expected_shapes"]),
-                                                  dest, staging, rejected, report)
+        try:
+            paths = entry_paths(repo_id, sums, dest, staging, rejected)
+        except safe_paths.UnsafePathError as exc:  # nothing is touched for a hostile id, name or planted link
+            report.files.append(FileOutcome(repo_id, "*", "refused", str(exc)))
+            report.entries[repo_id] = f"refused: {exc}"
+            continue
+        try:
+            report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
+                                                      parse_expected_shapes(row["expected_shapes"]), paths, report)
+        except OSError as exc:  # e.g. a file where the entry's directory should be: this entry fails, not the run
+            report.files.append(FileOutcome(repo_id, "*", "error", error_text(exc)))
+            report.entries[repo_id] = f"error: {error_text(exc)}"
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"uws-download-{family}.json").write_text(json.dumps(report.to_dict(), indent=1))
+    safe_paths.write_text_atomic(dest / f"uws-download-{family}.json", json.dumps(report.to_dict(), indent=1))
     return report
 
 
-def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejected, report) -> str:
+def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, report) -> str:
     """Fetch and verify one repository's pinned files; returns the entry's outcome."""
-    repo_dir = dest / repo_id
+    repo_dir = paths.repo_dir
     stamp = _read_stamp(repo_dir)
     if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
         try:
             infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
-        except Exception as exc:  # noqa: BLE001 - network or hub errors are reported per entry
-            report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {exc}"))
+            hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos
+                   if f.path in {c.name for c in sums}}
+        except Exception as exc:  # noqa: BLE001 - network or hub errors (or nonsense metadata) are reported per entry
+            report.files.append(FileOutcome(repo_id, "*", "error", f"get_paths_info failed: {error_text(exc)}"))
             return "error"
-        hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos}
         for c in sums:
             if hub.get(c.name) != c:
                 detail = (f"the hub's metadata at {revision} ({hub.get(c.name)}) differs from the lock ({c})"
                           if c.name in hub else f"not on the hub at revision {revision}")
                 report.files.append(FileOutcome(repo_id, c.name, "refused", detail))
                 return "refused"
+    if api is not None:  # a transfer that cannot fit is refused before it starts, not when the disk is full
+        need = sum(c.size for c in sums if not paths.target[c.name].is_file() and not paths.stage[c.name].is_file())
+        free = free_bytes(paths.stage_dir)
+        if need > free:
+            report.files.append(FileOutcome(repo_id, "*", "error", f"needs {need} bytes in {paths.stage_dir}, only "
+                                            f"{free} free on that disk; nothing fetched"))
+            return "error"
     outcome, staged = "ok", []
     for c in sums:
-        target, stage = repo_dir / c.name, staging / repo_id / c.name
+        target, stage, bad = paths.target[c.name], paths.stage[c.name], paths.rejected[c.name]
         if target.is_file():
             if stamp.get(c.name) == _stamp_of(target, c):
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified earlier", str(target)))
@@ -329,32 +377,41 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
                 _write_stamp(repo_dir, stamp)
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified", str(target)))
                 continue
-            bad = rejected / repo_id / c.name
-            _move(target, bad)
+            move_file(target, bad)
             report.files.append(FileOutcome(repo_id, c.name, "refused", f"local copy: {problem}; moved to {bad}"))
-        elif (rejected / repo_id / c.name).exists():
+        elif bad.exists():
             report.files.append(FileOutcome(repo_id, c.name, "refused",
-                                            f"refused earlier: see {rejected / repo_id / c.name} (delete it to retry)"))
+                                            f"refused earlier: see {bad} (delete it to retry)"))
             outcome = "refused"
             continue
-        if stage.is_file() and checksum_problem(stage, c) is None and not shape_problems(stage, expected):
-            staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
-            continue
+        refetch = False
+        if stage.is_file():
+            if checksum_problem(stage, c) is None and not shape_problems(stage, expected):
+                staged.append((c, stage, "verified in staging (fetched by an earlier run)"))
+                continue
+            # a damaged file left in staging: huggingface_hub would return it again without a request (its
+            # download metadata still matches), so it is deleted and fetched anew
+            log.warning("%s/%s: damaged copy in staging deleted, fetching again", repo_id, c.name)
+            stage.unlink()
+            refetch = True
         if api is None:
-            report.files.append(FileOutcome(repo_id, c.name, "missing_offline", "HF_HUB_OFFLINE is set"))
+            report.files.append(FileOutcome(repo_id, c.name, "missing_offline",
+                                            "HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"))
             outcome = "missing" if outcome == "ok" else outcome
             continue
         try:
+            kw = {"force_download": True} if refetch else {}
             got = Path(api.hf_hub_download(repo_id=repo_id, filename=c.name, revision=revision,
-                                           local_dir=staging / repo_id))
-        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun resumes
-            report.files.append(FileOutcome(repo_id, c.name, "error", f"{type(exc).__name__}: {exc}"))
+                                           local_dir=paths.stage_dir, **kw))
+            if got.resolve() != stage.resolve() or got.is_symlink():
+                raise safe_paths.UnsafePathError(f"the download of {c.name!r} landed at {got}, not at {stage}")
+        except Exception as exc:  # noqa: BLE001 - a broken transfer is reported; a rerun fetches it again
+            report.files.append(FileOutcome(repo_id, c.name, "error", error_text(exc)))
             outcome = "error"
             continue
         problems = [p for p in [checksum_problem(got, c)] if p] or shape_problems(got, expected)
         if problems:
-            bad = rejected / repo_id / c.name
-            _move(got, bad)
+            move_file(got, bad)
             log.warning("%s/%s refused: %s", repo_id, c.name, problems[0])
             report.files.append(FileOutcome(repo_id, c.name, "refused", f"{'; '.join(problems[:3])}; moved to {bad}"))
             outcome = "refused"
@@ -365,24 +422,15 @@ def _download_entry(api, repo_id, revision, sums, expected, dest, staging, rejec
             report.files.append(FileOutcome(repo_id, c.name, "staged", f"verified, waiting for the rest of the entry "
                                             f"in {path.parent}"))
         if repo_dir.is_dir():
-            _unpublish(repo_dir, staging / repo_id)
+            unpublish(paths)
         return outcome
     for c, path, detail in staged:  # every file verified: publish the entry
-        _move(path, repo_dir / c.name)
-        stamp[c.name] = _stamp_of(repo_dir / c.name, c)
-        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(repo_dir / c.name)))
+        move_file(path, paths.target[c.name])
+        stamp[c.name] = _stamp_of(paths.target[c.name], c)
+        report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(paths.target[c.name])))
     if staged:
         _write_stamp(repo_dir, stamp)
     return outcome
-
-
-def _unpublish(repo_dir: Path, to: Path) -> None:
-    """Move a failed entry's remaining (verified) files from ``dest`` back to staging: loaders never see a
-    partial model, and a rerun reuses the files."""
-    for p in sorted(repo_dir.rglob("*"), reverse=True):
-        if p.is_file() and p.name != STAMP_FILE:
-            _move(p, to / p.relative_to(repo_dir))
-    shutil.rmtree(repo_dir)
 
 
 __all__ = ["HubError", "hub_offline", "file_sha256", "git_blob_sha1", "checksum_problem", "shape_problems",

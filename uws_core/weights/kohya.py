@@ -47,6 +47,7 @@ from uws_core.linalg.varying_rank import FactoredProductGram, StackedRowSpectrum
 from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
                                           unique_names)
 from uws_core.weights.run_dirs import FORMAT, FORMAT_VERSION, drive_keys, prepare_out, select_keys, summarize
+from uws_core.weights import dtype_policy
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,13 @@ def _read_modules(path: Path, owner: str) -> tuple[dict, dict]:
     header = read_safetensors_header(path, KohyaFormatError, owner)
     modules: dict[str, dict] = {}
     alpha_keys, ignored = {}, []
-    for tkey, (shape, _) in header.items():
+    for tkey, (shape, dt) in header.items():
         m, ma = _FACTOR_RE.match(tkey), _ALPHA_RE.match(tkey)
         if m:
+            role = _ROLE[m.group("which")]
+            if len(shape) >= 2:  # A (r, ...) / B (out, r, ...): rank 0 named before the zero-size rule
+                dtype_policy.check_rank(path, tkey, shape[0] if role == "A" else shape[1], owner, KohyaFormatError)
+            dtype_policy.check_weight(path, tkey, shape, dt, owner, KohyaFormatError)
             slot = modules.setdefault(m.group("module"), {})
             role = _ROLE[m.group("which")]
             if role in slot:
@@ -154,6 +159,10 @@ def _read_modules(path: Path, owner: str) -> tuple[dict, dict]:
             for mod, tkey in alpha_keys.items():
                 if mod not in modules:
                     continue
+                if header[tkey][1] not in dtype_policy.FLOAT_CODES | {"I8", "I16", "I32", "I64", "U8"} \
+                        or header[tkey][0] not in ((), (1,)):
+                    raise KohyaFormatError(f"{owner}: key {tkey!r} in {path} has dtype {header[tkey][1]} and shape "
+                                           f"{header[tkey][0]}; alpha must be one number")
                 a = f.get_tensor(tkey).to(torch.float64)
                 if a.numel() != 1 or not bool(torch.isfinite(a).all()):
                     raise KohyaFormatError(f"{owner}: key {tkey!r} in {path} is not one finite number ({a.tolist()})")
@@ -346,7 +355,7 @@ def kohya_population_spectra(dirs, out: Path | str, ks=(1, 4, 16, 32, 64), thres
     settings = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "kohya", "unfolding": "model",
                 "center": "models", "ks": list(ks), "thresholds": list(thresholds), "evr_head": evr_head,
                 "basis_k": 0, "models": list(lset.names)}
-    prepare_out(out, settings, resume)
+    prepare_out(out, settings, resume, lset)
     dev = pick_device(device)
 
     def compute_key(key: str) -> dict:

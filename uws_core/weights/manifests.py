@@ -37,6 +37,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from uws_core.weights import safe_paths
+
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 
 # family -> (file, expected rows, required columns of the public list); counts are those of the public lists.
@@ -177,6 +179,10 @@ def _validate_hub_columns(df: pd.DataFrame, path: Path) -> None:
         for c in sums:
             if is_forbidden_file(c.name):
                 fail(i, "checksums", f"{c.name!r} is a pickle or under original/ (never fetched)")
+            try:
+                safe_paths.check_relative_name(c.name)
+            except safe_paths.UnsafePathError as exc:
+                fail(i, "checksums", str(exc))
         try:
             parse_expected_shapes(r["expected_shapes"])
         except ValueError as exc:
@@ -185,6 +191,10 @@ def _validate_hub_columns(df: pd.DataFrame, path: Path) -> None:
         if status in ("unlocked", "locked", "lock_failed"):
             if not has_owner:
                 fail(i, "repo_id", f"{repo_id!r} has no owner/ prefix: mark the entry 'unresolved'")
+            try:
+                safe_paths.check_repo_id(repo_id)
+            except safe_paths.UnsafePathError as exc:
+                fail(i, "repo_id", str(exc))
             if not split_cell(r["files"]):
                 fail(i, "files", "no file patterns for a hub entry")
         if status == "locked":
@@ -216,7 +226,10 @@ def load_manifest(family: str, manifest_dir: Path | str | None = None) -> pd.Dat
     _, expected, required = FAMILIES[family]
     if not path.is_file():
         raise ManifestError(f"manifest {path} is missing")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:  # pandas' ParserError / EmptyDataError are ValueErrors
+        raise ManifestError(f"manifest {path} is not a readable CSV file: {exc}") from None
     missing = [c for c in (*required, *HUB_COLUMNS) if c not in df.columns]
     if missing:
         raise ManifestError(f"manifest {path}: missing columns {missing}")
@@ -270,12 +283,16 @@ def local_dir(root: Path | str, repo_id: str) -> Path | None:
     ``root/models--owner--name/snapshots/<rev>``.
     """
     root = Path(root)
+    try:  # a hostile id (``../x``, absolute) never names a directory outside ``root``
+        safe_paths.check_repo_id(repo_id)
+    except safe_paths.UnsafePathError:
+        return None
     candidates = [root / repo_id, root / repo_id.replace("/", "__")]
     snaps = root / ("models--" + repo_id.replace("/", "--")) / "snapshots"
     if snaps.is_dir():
         candidates += sorted(p for p in snaps.iterdir() if p.is_dir())
     for c in candidates:
-        if c.is_dir():
+        if c.is_dir() and not any(p.is_symlink() for p in (c, c.parent)) and root.resolve() in c.resolve().parents:
             return c
     return None
 

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from uws_core.weights import recipe_runs
+from uws_core.weights import recipe_runs, safe_paths
 from uws_core.weights.adapters import AdapterSet, parse_module_key
-from uws_core.weights.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, checkpoint_tensor_files,
-                                  load_tensor, natural_key)
+from uws_core.weights.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, check_weight_tensors,
+                                          checkpoint_tensor_files, load_tensor, natural_key)
 from uws_core.linalg.device import pick_device
 from uws_core.linalg.lora import StreamingLoraSpectrum
 from uws_core.linalg.spectral import StreamingSpectrum
@@ -70,6 +70,8 @@ class MatrixPopulation:
         self.conv1d = self._detect_conv1d() if conv1d is None else conv1d
         # per model: key -> (file, stored shape, dtype) of every tensor (headers only, read once)
         self._tensors = [checkpoint_tensor_files(d, owner=f"model {n!r} ({d})") for n, d in zip(self.names, self.dirs)]
+        for n, d, files in zip(self.names, self.dirs, self._tensors):
+            check_weight_tensors(files, f"model {n!r} ({d})")
         self._conv = self._common_conv_keys(strict)  # key -> [(file, stored shape, dtype) per model]
         self.keys = sorted([*self.cs.weight_keys, *self._conv], key=natural_key)
         self.orientation, self.shapes, self.stored_shapes = {}, {}, {}
@@ -84,14 +86,24 @@ class MatrixPopulation:
             self.shapes[key], self.stored_shapes[key] = (shape[0], int(np.prod(shape[1:]))), shape
 
     def _detect_conv1d(self) -> bool:
-        types = set()
-        for d in self.dirs:
+        types, first = set(), {}
+        for name, d in zip(self.names, self.dirs):
             try:
-                types.add(json.loads((d / "config.json").read_text()).get("model_type"))
-            except (OSError, json.JSONDecodeError):
+                cfg = json.loads((d / "config.json").read_text())
+            except (OSError, ValueError):
                 types.add(None)
+                first.setdefault(None, name)
+                continue
+            mt = cfg.get("model_type") if isinstance(cfg, dict) else None
+            if not isinstance(cfg, dict) or not isinstance(mt, (str, type(None))):
+                raise CheckpointFormatError(f"model {name!r}: {d / 'config.json'} has key 'model_type' "
+                                            f"{mt if isinstance(cfg, dict) else cfg!r:.80}, not a name")
+            types.add(mt)
+            first.setdefault(mt, name)
         if len(types) > 1:
-            raise CheckpointFormatError(f"checkpoints declare different model_type values {sorted(map(str, types))}")
+            raise CheckpointFormatError("checkpoints declare different model_type values in config.json: "
+                                        + ", ".join(f"{t!r} (model {n!r}, {self.dirs[self.names.index(n)]})"
+                                                    for t, n in first.items()))
         return types.pop() in CONV1D_MODEL_TYPES
 
     def _common_conv_keys(self, strict: bool) -> dict:
@@ -269,7 +281,7 @@ def population_spectra(population, out: Path | str, unfolding: str = "rows", cen
         recipe_runs.check_kind(recipe, kind)
         if basis_k:
             raise ValueError("basis_k is not available with a named recipe")
-    prepare_out(out, settings, resume)
+    prepare_out(out, settings, resume, population)
     dev = pick_device(device)
     fn = (functools.partial(recipe_runs.population_key, recipe, scaling, summarize=summarize, key_header=_key_header,
                             memory_bound_bytes=memory_bound_bytes, model_axis_chunk=model_axis_chunk)
@@ -315,12 +327,13 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
            "spectra": {"weight": summarize(spec, ks, thresholds, evr_head)}, "memory_bound_bytes": bound,
            "timing": {"load_s": t_load, "compute_s": t_comp}}
     if basis_k:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {"basis": spec.basis.to(torch.float32).contiguous()}  # (d_feature, k)
         if spec.mean is not None:
             tensors["mean"] = spec.mean.to(torch.float32).contiguous()
-        save_file(tensors, str(out / "basis" / (key_filename(key) + ".safetensors")), metadata={"key": key})
+        safe_paths.write_bytes_atomic(out / "basis" / (key_filename(key) + ".safetensors"),
+                                      save(tensors, metadata={"key": key}))
     return res
 
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from uws_core.weights import safe_paths
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "ResumeError", "summarize", "key_filename", "write_json_atomic",
-           "prepare_out", "select_keys", "drive_keys"]
+           "prepare_out", "read_key_result", "select_keys", "drive_keys"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "uws-population-spectra"
 FORMAT_VERSION = 1
@@ -49,34 +52,66 @@ def key_filename(key: str) -> str:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to ``path`` through a unique temporary file in the same directory (mkstemp: no fixed name a
-    planted symlink could redirect, no collision between concurrent writers), then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    planted symlink could redirect, no collision between concurrent writers), then rename it into place
+    (:func:`uws_core.weights.safe_paths.write_text_atomic`)."""
+    safe_paths.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-def prepare_out(out: Path, settings: dict, resume: bool) -> None:
-    """Create ``out`` for a run with these settings, or check that the run there has the same settings."""
+def prepare_out(out: Path, settings: dict, resume: bool, population=None) -> None:
+    """Create or check ``out/run.json``: the settings and, per model, the fingerprints of its input files
+    (:mod:`uws_core.weights.resume_fingerprints`). A resume with other settings, or after any input file changed, was
+    added or removed, is refused (a run never holds keys of two inputs); so is a fresh run into a directory
+    that already holds key results without a ``run.json``."""
+    from uws_core.weights.resume_fingerprints import compare_fingerprints, population_fingerprints
+
     run = out / "run.json"
+    for sub in ("keys", "basis"):
+        if (out / sub).is_symlink():
+            raise ResumeError(f"{out / sub} is a symbolic link; results are only written inside {out}")
+    prints = population_fingerprints(population) if population is not None else None
     if run.is_file():
         if not resume:
             raise ResumeError(f"{out} already holds a run ({run}); pass resume=True (--resume) to continue it, "
                               "or choose another directory")
-        old = json.loads(run.read_text())
+        try:
+            old = json.loads(run.read_text())
+            old.items()
+        except (ValueError, AttributeError) as exc:
+            raise ResumeError(f"{run} is damaged ({exc}); cannot tell what the written keys were computed from: "
+                              "use another directory") from None
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             raise ResumeError(f"{run} was written with other settings ({', '.join(diff)}: "
                               f"{old.get(diff[0])!r} there, {settings[diff[0]]!r} now); use another directory")
+        if prints is not None:
+            if "fingerprints" not in old:
+                raise ResumeError(f"{run} records no input fingerprints (written by an older version): the keys "
+                                  "there cannot be checked against the inputs; use another directory")
+            changed = compare_fingerprints(old["fingerprints"], prints)
+            if changed:
+                raise ResumeError(f"{run}: the inputs changed since the keys there were computed ({changed}); "
+                                  "resuming would mix old and new results: use another directory")
+    elif (out / "keys").is_dir() and any((out / "keys").iterdir()):
+        raise ResumeError(f"{out / 'keys'} holds key results but {run} is missing: they cannot be checked; "
+                          "use another directory")
     (out / "keys").mkdir(parents=True, exist_ok=True)
     if settings.get("basis_k"):
         (out / "basis").mkdir(exist_ok=True)
-    write_json_atomic(run, settings)
+    write_json_atomic(run, settings if prints is None else {**settings, "fingerprints": prints})
+
+
+def read_key_result(path: Path, key: str) -> dict | None:
+    """A key's result written by an earlier run, or None (logged) when the file is damaged: recomputed."""
+    try:
+        res = json.loads(path.read_text())
+        if isinstance(res, dict) and res.get("key") == key and "spectra" in res:
+            return res
+        problem = "not this key's result"
+    except (OSError, ValueError) as exc:
+        problem = str(exc)
+    log.warning("resume: %s for key %r is damaged (%s): recomputing the key", path, key, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def select_keys(all_keys: Sequence[str], keys: Sequence[str] | str | None, what: str) -> list[str]:
@@ -103,8 +138,8 @@ def drive_keys(out: Path, settings: dict, keys: Sequence[str], compute_key: Call
     bar = tqdm(keys, desc=desc, disable=not progress or None)
     for key in bar:
         path = out / "keys" / (key_filename(key) + ".json")
-        if path.is_file():
-            results[key] = json.loads(path.read_text())
+        if path.is_file() and (old := read_key_result(path, key)) is not None:
+            results[key] = old
             skipped.append(key)
             continue
         bar.set_postfix_str(key[-40:])

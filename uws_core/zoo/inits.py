@@ -60,7 +60,7 @@ def write_random_inits(config_dir: Path | str, n: int, seed: int = 0, cache_dir:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     raw = json.loads(path.read_text())
-    config = AutoConfig.from_pretrained(str(config_dir))
+    config = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=False)  # never run code from a config
     seeds = list(range(int(seed), int(seed) + int(n)))
     digest = config_digest({"config": raw, "seeds": seeds}, FORMAT_VERSION)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -174,7 +174,7 @@ class LoraPopulation:
         """A fresh ``MistralForCausalLM`` read from ``base_dir`` (eval mode, float32)."""
         from transformers import MistralForCausalLM
 
-        return MistralForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).eval()
+        return MistralForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32, trust_remote_code=False).eval()
 
     def adapter_state(self, adapter: str | int) -> dict[str, torch.Tensor]:
         """One adapter's PEFT-keyed state dict, read from its ``adapter_model.safetensors``."""
@@ -230,7 +230,7 @@ def _export_adapters(lora: tinylm.MultiLora, base_dir: Path, names: list[str], c
     # deprecation that peft triggers
     with torch.random.fork_rng(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        base = MistralForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        base = MistralForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
         peft_model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                      target_modules=list(cfg.target_modules),
                                                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
@@ -291,7 +291,7 @@ def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Pat
     #     trained once per BASE_FIELDS and read back from its cache (the same path for a fresh and a cached base)
     base_root = trained_base(cfg, cache_root, progress)
     shutil.copytree(base_root, out / "base", ignore=shutil.ignore_patterns("complete.json"))
-    model = MistralForCausalLM.from_pretrained(out / "base", dtype=torch.float32)
+    model = MistralForCausalLM.from_pretrained(out / "base", dtype=torch.float32, trust_remote_code=False)
     base_info = read_info(base_root)
     timings["base_train_s"] = time.perf_counter() - t0
     # --- held-out accuracy of the base, every task at once
