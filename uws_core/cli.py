@@ -46,23 +46,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from uws_core.weights import dtype_policy
-from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir, parse_module_key
+from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir
 from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
+from uws_core.weights.key_spectra import adapter_spectra, checkpoint_spectra, spectrum_summary
 from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
 from uws_core.weights import recipe_runs
 from uws_core.linalg import recipes
-from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
 from uws_core.linalg.recipes import RECIPES, SCALINGS
 from uws_core.report.spectra_report import spectrum_table
-from uws_core.linalg.spectral import CENTERS, UNFOLDINGS, StreamingSpectrum
+from uws_core.linalg.spectral import CENTERS, UNFOLDINGS
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-THRESHOLDS = (0.5, 0.9, 0.99)
 
 
 class CliInputError(ValueError):
@@ -108,55 +105,6 @@ def find_population(paths: list[Path | str]) -> tuple[str, list[Path], list[str]
     if len(set(d.resolve() for d in dirs)) != len(dirs):
         raise CliInputError("the same directory is listed twice in DIRS")
     return kinds.pop(), dirs, names or unique_names(dirs)
-
-
-def spectrum_summary(spec, k: int) -> dict:
-    """JSON-able summary of one Spectrum: shape, N, unfolding, centring, full EVR, k at 50/90/99%, top-k EVR."""
-    evr = spec.evr()
-    if not spec.total_variance > 0:  # e.g. untrained adapters (B = 0), or one model centred on itself
-        log.warning("zero total variance (%s, %s, %s): EVR reported as zeros", spec.unfolding, spec.center,
-                    list(spec.matrix_shape))
-    return {
-        "shape": [int(s) for s in spec.matrix_shape], "N": int(spec.n_models),
-        "unfolding": spec.unfolding, "center": spec.center,
-        "n_components": int(len(evr)), "total_variance": float(spec.total_variance),
-        "evr": [float(v) for v in evr],
-        "k_at": {str(t): int(spec.k_at(t)) for t in THRESHOLDS},
-        "top_k": int(k), "top_k_evr": float(spec.top_evr(k)),
-    }
-
-
-def checkpoint_spectra(cs: CheckpointSet, keys: list[str], unfolding: str, center: str, k: int,
-                       device=None) -> dict:
-    """Per weight key, the spectrum of the chosen unfolding, streamed one model at a time."""
-    out = {}
-    for key in tqdm(keys, desc="weight keys", disable=None):
-        acc = StreamingSpectrum(unfolding, center, shape=cs.shape(key), device=device, key=key)
-        for name, w in cs.iter_key(key):
-            acc.add(w, name=name)
-        layer, module = parse_module_key(key)
-        out[key] = {"layer": layer, "module": module, **spectrum_summary(acc.finalize(k=0), k)}
-    return out
-
-
-def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: str, k: int,
-                    device=None, scaling: str = "alpha-over-r") -> dict:
-    """Per module key: lora_A and lora_B spectra (the authors-subspace recipe) and the factored B@A spectrum."""
-    out = {}
-    for key in tqdm(keys, desc="module keys", disable=None):
-        b, a = aset.factors(key)  # (N, d_out, r), (N, r, d_in), as stored
-        spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
-        # P_i = s_i B_i @ A_i, the weight update itself (s_i = alpha_i / r)
-        s = recipes.product_scaling(scaling, aset.scalings)
-        spec_p = lora_product_spectrum(b, a, unfolding=unfolding, center=center, k=0, device=device,
-                                       scaling=s, key=key)
-        d_out, r, d_in = aset.shape(key)
-        layer, module = parse_module_key(key)
-        out[key] = {"layer": layer, "module": module, "shape": [d_out, d_in], "rank": r, "N": len(aset),
-                    "lora_A": {**spectrum_summary(spec_a, k), "recipe": "authors-subspace"},
-                    "lora_B": {**spectrum_summary(spec_b, k), "recipe": "authors-subspace"},
-                    "product": {**spectrum_summary(spec_p, k), "scaled": s is not None, "recipe": None}}
-    return out
 
 
 def run_spectrum(args: argparse.Namespace) -> dict:

@@ -84,7 +84,7 @@ def test_checkpoint_run_report(checkpoint_population, tmp_path):
 def test_bad_directories_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["report", str(tmp_path / "missing")])
-    assert exc.value.code == 1 and "missing is not a directory" in capsys.readouterr().err
+    assert exc.value.code == 2 and "missing is not a directory" in capsys.readouterr().err
     (tmp_path / "run.json").write_text("{not json")
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])

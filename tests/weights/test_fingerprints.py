@@ -81,7 +81,7 @@ def test_committed_file_has_every_population():
     from uws_core.zoo.populations import population_names
 
     data = fingerprints.committed_fingerprints()
-    assert data["profile"] == "pinned-avx2"
+    assert data["profile"] == numerics.PINNED_PROFILE
     assert set(population_names()) | {"tiny/llama", "tiny/lora", "tiny/vit"} <= set(data["populations"])
 
 
@@ -115,7 +115,7 @@ def test_tiny_populations_are_bitwise_equal_under_other_cpu_settings():
                               "ONEDNN_MAX_CPU_ISA": "SSE41"}, kinds)
     high = _tiny_fingerprints({"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO",
                                "MKL_ENABLE_INSTRUCTIONS": "AVX2"}, kinds)
-    assert low[0] == high[0] == "pinned-avx2"
+    assert low[0] == high[0] == numerics.PINNED_PROFILE
     assert low[1] == high[1]
     committed = fingerprints.committed_fingerprints()["populations"]
     assert {k: committed[k]["sha256"] for k in low[1]} == low[1]

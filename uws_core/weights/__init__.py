@@ -2,7 +2,7 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``fingerprints``, ``hub``, ``hub_paths``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -29,7 +29,9 @@ _API = {
     "ResumeError": "run_dirs",
     "SCALES": "scale",
     "STAMP_FILE": "hub_paths",
+    "THRESHOLDS": "key_spectra",
     "UnsafePathError": "safe_paths",
+    "adapter_spectra": "key_spectra",
     "available_memory_bytes": "dtype_policy",
     "build_cached": "cache",
     "check_alpha": "dtype_policy",
@@ -38,6 +40,7 @@ _API = {
     "check_relative_name": "safe_paths",
     "check_repo_id": "safe_paths",
     "check_weight": "dtype_policy",
+    "checkpoint_spectra": "key_spectra",
     "checksum_problem": "hub",
     "committed_fingerprints": "fingerprints",
     "compact_lora_pair": "peft_state",
@@ -80,6 +83,7 @@ _API = {
     "select_keys": "run_dirs",
     "shape_problems": "hub",
     "side_dirs": "hub_paths",
+    "spectrum_summary": "key_spectra",
     "split_lora_state": "peft_state",
     "summarize": "run_dirs",
     "unpublish": "hub_paths",
