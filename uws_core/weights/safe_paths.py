@@ -35,13 +35,14 @@ class UnsafePathError(ValueError):
 
 
 def check_repo_id(repo_id, where: str = "") -> str:
-    """``repo_id`` if it is a valid ``owner/name`` hub id (huggingface_hub's validator), else UnsafePathError."""
+    """``repo_id`` if it is a valid hub id (huggingface_hub's validator), else UnsafePathError: ``owner/name``, or a
+    bare ``name`` as the hub still serves legacy repositories (``gpt2``; some of the paper's ViT list)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     pre = f"{where}: " if where else ""
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise UnsafePathError(f"{pre}repo_id {repo_id!r} is not of the form owner/name")
+    if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise UnsafePathError(f"{pre}repo_id {repo_id!r} is not of the form owner/name or name")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
