@@ -41,6 +41,7 @@ from uws_core.adapters import AdapterSet, parse_module_key
 from uws_core.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, checkpoint_tensor_files,
                                   load_tensor, natural_key)
 from uws_core.device import pick_device
+from uws_core.factored_spectra import factored_lora_spectra, uses_small_gram
 from uws_core.lora import StreamingLoraSpectrum
 from uws_core.spectral import StreamingSpectrum
 
@@ -371,6 +372,8 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
 def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
                  max_key_bytes, out) -> dict:
     d_out, r, d_in = aset.shape(key)
+    if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, not d x d
+        return _adapter_key_factored(aset, key, unfolding, center, ks, thresholds, evr_head, dev, max_key_bytes)
     bound = memory_bound_bytes((d_out, d_in), len(aset), unfolding, center, lora_rank=r, chunk=max(1, 1024 // r))
     if max_key_bytes is not None and bound["total"] > max_key_bytes:
         return {"too_big": bound}
@@ -393,6 +396,42 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
     t_comp += time.perf_counter() - t0
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}
+
+
+def factored_memory_bound_bytes(shape, n: int, r: int) -> dict:
+    """Memory bound (bytes) of :func:`_adapter_key_factored`: the float64 factor stacks and their centred
+    copies ``16 N r (d_out + d_in)``, four (N r)^2 float64 Grams and their eigensolver workspace ``64 (N r)^2``."""
+    d_out, d_in = shape
+    parts = {"factors": 16 * n * r * (d_out + d_in), "small_grams": 64 * (n * r) ** 2}
+    return {**parts, "total": sum(parts.values())}
+
+
+def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, dev,
+                          max_key_bytes) -> dict:
+    """One adapter key by :func:`uws_core.factored_spectra.factored_lora_spectra` (the "factored_gram" solver).
+
+    Used when N r < max(d_out, d_in): the N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes
+    at most with the centred copies) and each view takes the smaller of its (N r)^2 and d x d Grams; the
+    numbers equal the streaming path's to round-off (tests/test_factored_spectra.py, test_population_spectra.py)."""
+    d_out, r, d_in = aset.shape(key)
+    n = len(aset)
+    bound = factored_memory_bound_bytes((d_out, d_in), n, r)
+    if max_key_bytes is not None and bound["total"] > max_key_bytes:
+        return {"too_big": bound}
+    t0 = time.perf_counter()
+    b = torch.empty(n, d_out, r, dtype=torch.float64)  # (N, d_out, r)
+    a = torch.empty(n, r, d_in, dtype=torch.float64)  # (N, r, d_in)
+    for i in range(n):
+        b[i], a[i] = aset.load(i, key)  # float64, finiteness checked with the adapter and key named
+    t1 = time.perf_counter()
+    views = factored_lora_spectra(b, a, unfolding, center, scaling=aset.scalings, device=dev)
+    spectra = {"lora_A": summarize(views["lora_A"], ks, thresholds, evr_head),
+               "lora_B": summarize(views["lora_B"], ks, thresholds, evr_head),
+               "product": {**summarize(views["product"], ks, thresholds, evr_head), "scaled": True}}
+    t2 = time.perf_counter()
+    return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
+            "spectra": spectra, "memory_bound_bytes": bound, "solver": "factored_gram",
+            "timing": {"load_s": t1 - t0, "compute_s": t2 - t1}}
 
 
 def open_population(dirs: Sequence[Path | str], names=None, strict: bool = True):
