@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from uws_core.factored_spectra import (factored_lora_spectra, factored_product_spectrum, stacked_rows_spectrum,
-                                       uses_small_gram)
+from uws_core import factored_spectra
+from uws_core.factored_spectra import (centered_sample_gram, factored_lora_spectra, factored_product_spectrum, stacked_rows_spectrum,
+                                       gram_rows, uses_small_gram)
 from uws_core.lora import lora_products
 from uws_core.spectral import stack_spectrum
 
@@ -87,3 +88,37 @@ def test_non_finite_factor_is_refused():
     a[2, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         factored_lora_spectra(b, a, scaling=s, device="cpu")
+
+
+@pytest.fixture(params=[True, False], ids=["lapack", "torch"])
+def kernels(request, monkeypatch):
+    """Both code paths on CPU: numpy/scipy (the CPU default) and torch (what CUDA runs)."""
+    monkeypatch.setattr(factored_spectra, "USE_LAPACK_ON_CPU", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("center", ["samples", "models"])
+def test_both_kernels_equal_dense(kernels, center):
+    b, a, s = _factors(n=6)
+    views = factored_lora_spectra(b, a, "rows", center, scaling=s, device="cpu")
+    _assert_same(views["product"], stack_spectrum(lora_products(b, a, scaling=s), "rows", center, k=0,
+                                                  device="cpu"))
+    _assert_same(views["lora_A"], stack_spectrum(a, "rows", "samples", k=0, device="cpu"))
+    a[1] = a[0]  # singular Acat Acat^T: the eigh square-root fallback of both kernels
+    fast = factored_product_spectrum(b, a, "rows", center, scaling=s, device="cpu")
+    _assert_same(fast, stack_spectrum(lora_products(b, a, scaling=s), "rows", center, k=0, device="cpu"))
+
+
+@pytest.mark.parametrize("center", ["samples", "models"])
+def test_gram_centring_falls_back_to_centring_the_data_when_the_mean_dominates(center):
+    g = torch.Generator().manual_seed(3)
+    mean_shape = (1, 1, 30) if center == "samples" else (1, 2, 30)  # what the centring removes
+    x = 1e-4 * torch.randn(4, 2, 30, generator=g, dtype=torch.float64) + torch.randn(*mean_shape, generator=g,
+                                                                                      dtype=torch.float64)
+    gram = gram_rows(x.reshape(8, 30))
+    xc = factored_spectra.center_rows(x, center).reshape(8, 30)
+    ref = (xc @ xc.T).numpy()  # entries ~1e-8; C G C would carry ~1e-15 absolute error (1e-7 relative)
+    got = centered_sample_gram(x, center, gram)  # mean energy ~1e8 x the variance: the data are centred
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=0)
+    small = stacked_rows_spectrum(x, center, device="cpu", gram=gram)
+    _assert_same(small, stack_spectrum(x, "rows", center, k=0, device="cpu"))

@@ -30,7 +30,9 @@ Everything runs under torch on the device of :func:`uws_core.device.pick_device`
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 import torch
+from scipy.linalg.blas import dtrmm
 
 from uws_core.device import ACCUM_DTYPE, pick_device
 from uws_core.spectral import Spectrum, check_center, check_finite, check_unfolding
@@ -57,35 +59,113 @@ def center_rows(x: torch.Tensor, center: str) -> torch.Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
+# ---------------------------------------------------------------- kernels: LAPACK/BLAS on CPU, torch elsewhere
+
+def _use_lapack(t: torch.Tensor) -> bool:
+    """CPU float64 goes through numpy/scipy (OpenBLAS syrk, LAPACK syevd, trmm): about 2x torch's CPU path
+    for these shapes on the 2-core machine (benchmarks/paper_shapes_results.md); CUDA stays in torch."""
+    return t.device.type == "cpu" and USE_LAPACK_ON_CPU
+
+
+USE_LAPACK_ON_CPU = True  # tests set it False to run the torch (CUDA) code path on CPU
+
+
+def gram_rows(x: torch.Tensor) -> torch.Tensor:
+    """``X X^T`` (n, n) float64 of a row matrix ``X (n, d)``, symmetric (numpy's matmul uses syrk for it)."""
+    if _use_lapack(x):
+        xn = x.numpy()
+        return torch.from_numpy(xn @ xn.T)
+    return x @ x.T
+
+
 def _sym_eigvals(mat: torch.Tensor, n_comp: int) -> np.ndarray:
     """Descending eigenvalues of a symmetric PSD matrix, clipped at 0, padded with zeros to n_comp."""
-    vals = torch.linalg.eigvalsh(0.5 * (mat + mat.T)).flip(0).cpu().numpy()
+    if _use_lapack(mat):
+        vals = scipy.linalg.eigh(mat.numpy(), eigvals_only=True, driver="evd", check_finite=False)[::-1]
+    else:
+        vals = torch.linalg.eigvalsh(mat).flip(0).cpu().numpy()
     full = np.zeros(n_comp)
     m = min(n_comp, vals.shape[0])
     full[:m] = np.clip(vals[:m], 0.0, None)
     return full
 
 
+def _psd_product_eigvals(g_feat: torch.Tensor, s_mat: torch.Tensor, n_comp: int) -> np.ndarray:
+    """Eigenvalues of G S (both PSD, N r x N r) as those of U S U^T with G = U^T U (Cholesky).
+
+    When G is singular (e.g. two adapters with the same A) the eigh square root ``W = V sqrt(max(lam, 0))``
+    is used instead, ``eig(W^T S W)``."""
+    if _use_lapack(g_feat):
+        g, s = g_feat.numpy(), np.asfortranarray(s_mat.numpy())
+        try:
+            u = scipy.linalg.cholesky(g, lower=False, check_finite=False)  # G = U^T U, U upper
+            us = dtrmm(1.0, u, s, side=0)  # U S (triangular multiply: half a GEMM's flops)
+            return _sym_eigvals(torch.from_numpy(dtrmm(1.0, u, us, side=1, trans_a=1)), n_comp)  # U S U^T
+        except np.linalg.LinAlgError:
+            pass
+    else:
+        chol, info = torch.linalg.cholesky_ex(g_feat)  # G = L L^T
+        if int(info) == 0:
+            return _sym_eigvals(chol.T @ s_mat @ chol, n_comp)
+    lam, v = torch.linalg.eigh(g_feat)  # rank-deficient factors: symmetric square root
+    w = v * lam.clamp_min(0.0).sqrt()
+    return _sym_eigvals(w.T @ s_mat @ w, n_comp)
+
+
+# -------------------------------------------------------------------------------------------------- spectra
+
+#: centre a Gram in place of the data only when the removed mean carries at most this multiple of the
+#: centred variance: the eigenvalue error is then <= ~eps * (1 + ratio) * total, i.e. < 1e-11 of the EVR
+GRAM_CENTRING_MAX_RATIO = 1e4
+
+
+def centered_sample_gram(x: torch.Tensor, center: str, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram ``Xc Xc^T`` (N m x N m) of the centred rows unfolding of ``X (N, m, d)``.
+
+    From the uncentred ``gram = Xcat Xcat^T`` when given, by ``C G C`` with ``C = I - 11^T/(N m)``
+    ("samples") or ``C = (I - 11^T/N) ⊗ I_m`` ("models") -- exact in exact arithmetic; used only when the
+    mean's energy is at most :data:`GRAM_CENTRING_MAX_RATIO` times the centred variance (else, and when no
+    ``gram`` is given, the data are centred first and their Gram formed)."""
+    n, m, d = x.shape
+    if center == "none":
+        return gram if gram is not None else gram_rows(x.reshape(n * m, d))
+    if gram is not None:
+        g4 = gram.reshape(n, m, n, m)
+        if center == "samples":
+            g4 = gram - gram.mean(dim=0, keepdim=True) - gram.mean(dim=1, keepdim=True) + gram.mean()
+        else:
+            g4 = (g4 - g4.mean(dim=0, keepdim=True) - g4.mean(dim=2, keepdim=True)
+                  + g4.mean(dim=(0, 2), keepdim=True))
+        gc = g4.reshape(n * m, n * m)
+        total_c, removed = float(torch.trace(gc)), float(torch.trace(gram) - torch.trace(gc))
+        if removed <= GRAM_CENTRING_MAX_RATIO * max(total_c, 0.0):
+            return gc
+    return gram_rows(center_rows(x, center).reshape(n * m, d))
+
+
 def stacked_rows_spectrum(x, center: str = "samples", device=None, unfolding: str = "rows",
-                          matrix_shape=None) -> Spectrum:
+                          matrix_shape=None, gram: torch.Tensor | None = None) -> Spectrum:
     """Spectrum of the centred rows unfolding of a stack ``X (N, m, d)``, from the smaller of its two Grams.
 
     Plain truncated SVD of one unfolding (squared singular values only; no basis). ``Xc`` (N m, d) is the
-    centred unfolding (:func:`center_rows`); ``Xc Xc^T`` (N m x N m) when ``N m < d``, else ``Xc^T Xc``.
-    ``unfolding`` / ``matrix_shape`` only label the result (the B stack is passed as ``B^T`` with "cols").
-    Same numbers as ``uws_core.spectral.stack_spectrum(x, "rows", center)``.
+    centred unfolding (:func:`center_rows`); its sample Gram ``Xc Xc^T`` (N m x N m,
+    :func:`centered_sample_gram`, reusing an uncentred ``gram`` when given) when ``N m < d``, else the feature
+    Gram ``Xc^T Xc`` (d x d). ``unfolding`` / ``matrix_shape`` only label the result (the B stack is passed as
+    ``B^T`` with "cols"). Same numbers as ``uws_core.spectral.stack_spectrum(x, "rows", center)``.
     """
+    check_center(center)
     dev = pick_device(device)
     x = torch.as_tensor(x).to(dev, ACCUM_DTYPE)
     if x.ndim != 3:
         raise ValueError(f"a stack must be (N, m, d), got shape {tuple(x.shape)}")
     check_finite(x)
     n, m, d = x.shape
-    xc = center_rows(x, center).reshape(n * m, d)  # (N m, d)
-    gram = xc @ xc.T if uses_small_gram(n * m, d) else xc.T @ xc  # (N m, N m) or (d, d)
-    total = float(torch.trace(gram))
-    n_comp = min(n * m, d)
-    return Spectrum(variances=_sym_eigvals(gram, n_comp), total_variance=total, basis=None, mean=None,
+    if uses_small_gram(n * m, d):
+        g = centered_sample_gram(x, center, gram)  # (N m, N m)
+    else:
+        g = gram_rows(center_rows(x, center).reshape(n * m, d).T)  # (d, d)
+    total = float(torch.trace(g))
+    return Spectrum(variances=_sym_eigvals(g, min(n * m, d)), total_variance=total, basis=None, mean=None,
                     unfolding=unfolding, center=center, n_models=n,
                     matrix_shape=tuple(matrix_shape) if matrix_shape is not None else (m, d))
 
@@ -105,19 +185,6 @@ def _weight_gram(g_side: torch.Tensor, side: torch.Tensor, s: torch.Tensor, cent
         u = (side.sum(dim=1) * s[:, None]).reshape(n * r)  # u_i = s_i B_i^T 1
         sg = sg - torch.outer(u, u) / (n * d_rows)
     return sg
-
-
-def _psd_product_eigvals(g_feat: torch.Tensor, s_mat: torch.Tensor, n_comp: int) -> np.ndarray:
-    """Eigenvalues of G S (both PSD, N r x N r) as those of L^T S L with G = L L^T.
-
-    Cholesky when G is positive definite; otherwise the eigh square root ``W = U sqrt(max(lambda, 0))``."""
-    chol, info = torch.linalg.cholesky_ex(g_feat)
-    if int(info) == 0:
-        w = chol
-    else:  # rank-deficient factors (e.g. identical adapters): symmetric square root
-        lam, u = torch.linalg.eigh(g_feat)
-        w = u * lam.clamp_min(0.0).sqrt()
-    return _sym_eigvals(w.T @ s_mat @ w, n_comp)
 
 
 def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "models", scaling=None, device=None,
@@ -143,13 +210,14 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
     dev = pick_device(device)
     b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)
     a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)
+    check_finite(b)
+    check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
     s = torch.ones(n, dtype=ACCUM_DTYPE, device=dev) if scaling is None else \
         torch.as_tensor(np.broadcast_to(np.asarray(scaling, dtype=np.float64), (n,)).copy()).to(dev)
     if grams is None:
-        acat, bcat = a.reshape(n * r, d_in), b.permute(1, 0, 2).reshape(d_out, n * r)
-        grams = (acat @ acat.T, bcat.T @ bcat)
+        grams = _factor_grams(b, a)
     g_a, g_b = grams
     shape = (d_out, d_in)
     if unfolding == "model":
@@ -192,13 +260,22 @@ def factored_lora_spectra(B, A, unfolding: str = "rows", center: str = "models",
     check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
-    out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in)),
-           "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r))}
     d_feat = d_in if unfolding == "rows" else d_out
-    if unfolding == "model" or uses_small_gram(n * r, d_feat):
-        acat, bcat = a.reshape(n * r, d_in), b.permute(1, 0, 2).reshape(d_out, n * r)
-        grams = (acat @ acat.T, bcat.T @ bcat)  # (N r, N r) each
-        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=grams)
+    product_small = unfolding == "model" or uses_small_gram(n * r, d_feat)
+    g_a, g_b = _factor_grams(b, a, need_a=product_small or uses_small_gram(n * r, d_in),
+                             need_b=product_small or uses_small_gram(n * r, d_out))
+    out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in), gram=g_a),
+           "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r), gram=g_b)}
+    if product_small:
+        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=(g_a, g_b))
     else:
         out["product"] = lora_product_spectrum(b, a, unfolding, center, k=0, device=dev, scaling=scaling)
     return out
+
+
+def _factor_grams(b: torch.Tensor, a: torch.Tensor, need_a: bool = True, need_b: bool = True):
+    """``G_A = Acat Acat^T`` and ``G_B = Bcat^T Bcat`` (N r x N r float64; None when not needed)."""
+    n, d_out, r = b.shape
+    g_a = gram_rows(a.reshape(n * r, a.shape[2])) if need_a else None  # rows of all A_i
+    g_b = gram_rows(b.transpose(1, 2).reshape(n * r, d_out)) if need_b else None  # columns of all B_i
+    return g_a, g_b
