@@ -46,20 +46,27 @@ def test_uws_spectra_on_the_written_adapters_matches_a_float64_svd(tmp_path):
 
 def test_benchmark_end_to_end_tiny(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--n", "3", "--layers", "1",
-                           "--peer-n", "6", "--repeat", "1", "--threads", "default", "--out", str(tmp_path)],
+                           "--peer-n", "6", "--repeat", "1", "--threads", "default",
+                           "--large-n", "4", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "paper_shapes_results.json").read_text())
+    assert set(data["runs"]) == {"threads=default", "N=4, threads=default"}
+    assert len(data["runs"]["N=4, threads=default"]["keys"]) == 3
     run = data["runs"]["threads=default"]
     assert len(run["keys"]) == 3 and {k["solver"] for k in run["keys"]} == {"factored_gram"}
     assert run["peak_rss_bytes"] > 0 and set(run["peak_per_shape_class"]) == {"q_proj", "k_proj"}
     assert "extrapolated_96_keys_s" in run["extrapolation"] and run["extrapolation"]["keys"] == 96
     peers = data["peers"]
-    assert set(peers) == {"replication", "uws_model_axis", "authors", "uws_authors", "reference_model_axis",
-                          "reference_authors"}
-    assert all(peers[k]["top16_within_tol"] for k in ("replication", "uws_model_axis", "authors", "uws_authors"))
-    assert peers["uws_authors"]["evr_max_diff_vs_float64"] < 1e-10  # float64 Gram route: round-off only
-    assert peers["uws_model_axis"]["evr_max_diff_vs_float64"] < 1e-10
+    assert set(peers) == {"references", "threads=default"}
+    assert set(peers["references"]) == {"reference_model_axis", "reference_authors"}
+    timed = peers["threads=default"]
+    assert set(timed) == {"replication", "uws_model_axis", "authors", "uws_authors", "speedups"}
+    assert all(timed[k]["top16_within_tol"] for k in ("replication", "uws_model_axis", "authors", "uws_authors"))
+    assert timed["uws_authors"]["evr_max_diff_vs_float64"] < 1e-10  # float64 Gram route: round-off only
+    assert timed["uws_model_axis"]["evr_max_diff_vs_float64"] < 1e-10
+    assert timed["authors"]["components_compared"] == 6 * RANK - 1  # sklearn: min(300, N r - 1, d - 1)
+    assert timed["speedups"]["authors_vs_sklearn"] > 0
     assert data["machine"]["cores"] >= 1 and data["load_before"] and data["load_after"]
     md = (tmp_path / "paper_shapes_results.md").read_text()
     assert "Extrapolated (not measured)" in md and "replication" in md and "CUDA:" in md

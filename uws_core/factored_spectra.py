@@ -144,7 +144,7 @@ def centered_sample_gram(x: torch.Tensor, center: str, gram: torch.Tensor | None
 
 
 def stacked_rows_spectrum(x, center: str = "samples", device=None, unfolding: str = "rows",
-                          matrix_shape=None, gram: torch.Tensor | None = None) -> Spectrum:
+                          matrix_shape=None, gram: torch.Tensor | None = None, check: bool = True) -> Spectrum:
     """Spectrum of the centred rows unfolding of a stack ``X (N, m, d)``, from the smaller of its two Grams.
 
     Plain truncated SVD of one unfolding (squared singular values only; no basis). ``Xc`` (N m, d) is the
@@ -152,13 +152,15 @@ def stacked_rows_spectrum(x, center: str = "samples", device=None, unfolding: st
     :func:`centered_sample_gram`, reusing an uncentred ``gram`` when given) when ``N m < d``, else the feature
     Gram ``Xc^T Xc`` (d x d). ``unfolding`` / ``matrix_shape`` only label the result (the B stack is passed as
     ``B^T`` with "cols"). Same numbers as ``uws_core.spectral.stack_spectrum(x, "rows", center)``.
+    ``check=False`` skips the finiteness check (for callers that have already made it).
     """
     check_center(center)
     dev = pick_device(device)
     x = torch.as_tensor(x).to(dev, ACCUM_DTYPE)
     if x.ndim != 3:
         raise ValueError(f"a stack must be (N, m, d), got shape {tuple(x.shape)}")
-    check_finite(x)
+    if check:
+        check_finite(x)
     n, m, d = x.shape
     if uses_small_gram(n * m, d):
         g = centered_sample_gram(x, center, gram)  # (N m, N m)
@@ -188,7 +190,7 @@ def _weight_gram(g_side: torch.Tensor, side: torch.Tensor, s: torch.Tensor, cent
 
 
 def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "models", scaling=None, device=None,
-                              grams=None) -> Spectrum:
+                              grams=None, check: bool = True) -> Spectrum:
     """Spectrum of one unfolding of ``{s_i B_i A_i}`` from (N r) x (N r) Grams (no d x d matrix, no B@A).
 
     Parameters
@@ -210,8 +212,9 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
     dev = pick_device(device)
     b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)
     a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)
-    check_finite(b)
-    check_finite(a)
+    if check:
+        check_finite(b)
+        check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
     s = torch.ones(n, dtype=ACCUM_DTYPE, device=dev) if scaling is None else \
@@ -239,7 +242,7 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
 
 
 def factored_lora_spectra(B, A, unfolding: str = "rows", center: str = "models", scaling=None,
-                          factor_center: str = "samples", device=None) -> dict:
+                          factor_center: str = "samples", device=None, check: bool = True) -> dict:
     """The three spectra ``uws spectra`` reports for one LoRA module key, from small Grams where they pay.
 
     * ``lora_A``: A stack (N, r, d_in), "rows" unfolding, centred ``factor_center`` (authors' recipe:
@@ -256,18 +259,21 @@ def factored_lora_spectra(B, A, unfolding: str = "rows", center: str = "models",
     dev = pick_device(device)
     b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)  # (N, d_out, r)
     a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)  # (N, r, d_in)
-    check_finite(b)
-    check_finite(a)
+    if check:  # once for the three views (``check=False``: the caller's loader has checked, e.g. AdapterSet)
+        check_finite(b)
+        check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
     d_feat = d_in if unfolding == "rows" else d_out
     product_small = unfolding == "model" or uses_small_gram(n * r, d_feat)
     g_a, g_b = _factor_grams(b, a, need_a=product_small or uses_small_gram(n * r, d_in),
                              need_b=product_small or uses_small_gram(n * r, d_out))
-    out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in), gram=g_a),
-           "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r), gram=g_b)}
+    out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in), gram=g_a, check=False),
+           "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r), gram=g_b,
+                                           check=False)}
     if product_small:
-        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=(g_a, g_b))
+        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=(g_a, g_b),
+                                                   check=False)
     else:
         out["product"] = lora_product_spectrum(b, a, unfolding, center, k=0, device=dev, scaling=scaling)
     return out
