@@ -9,8 +9,8 @@
    product rows centred by the mean matrix) and reads the per-key load / compute times and the solver from
    ``DIR/keys/*.json``; the child's peak RSS from ``wait4``. Once more on one q and one k key alone, for the
    peak RSS per shape class.
-3. On one k_proj-shaped module at N = ``--peer-n``, each in a fresh child process (time = best of
-   ``--repeat``, wall and CPU; peak RSS from ``ru_maxrss``):
+3. On one k_proj-shaped module at N = ``--peer-n``, each in a fresh child process under each thread setting
+   of ``--threads`` (time = best of ``--repeat``, wall and CPU; peak RSS from ``ru_maxrss``):
 
    * the replication's recipe, written from cahlen/universal-subspace-stress-test
      ``experiments/phase1_lora_spectral/analyze.py`` (``spectrum_via_gram``, lines 56-66, and the loop at
@@ -25,9 +25,13 @@
      ``numpy.linalg.svd`` of the centred float64 A stack. Each recipe's top-16 EVR must be within 1e-6 of its
      reference; the largest EVR difference over all reported components is given too.
 
-Extrapolations (to 96 keys, and to N = 500, where N r = 8000 > d = 4096 and the d x d path is taken) are
-labelled as such in the results. Run ``python -m benchmarks.bench_paper_shapes`` (default: N = 100, 2 layers,
-peers at N = 100; a few minutes on 2 shared cores) or with ``--n 3 --layers 1 --peer-n 6 --quick-peers`` (the
+4. ``uws spectra`` once more at N = ``--large-n`` (500) on ``--large-layers`` (1) layer, under the first thread
+   setting: there N r = 8000 >= d = 4096 and the d x d streaming path is taken.
+
+Extrapolations to the 96 keys of Mistral-7B (from the measured per-key means of each shape class) are labelled
+as such in the results. Run ``python -m benchmarks.bench_paper_shapes`` (default: N = 100, 2 layers, peers at
+N = 100, N = 500 on 1 layer; several minutes on 2 shared cores) or with
+``--n 3 --layers 1 --peer-n 6 --large-n 4 --repeat 1 --threads default`` (the
 test). Writes ``paper_shapes_results.json`` / ``.md`` next to this file (or to ``--out``).
 """
 
@@ -201,7 +205,7 @@ RECIPES = {"replication": _replication, "uws_model_axis": _uws_model_axis, "auth
            "reference_authors": _reference_authors}
 
 
-def recipe_worker(name: str, n: int, repeat: int, out: Path) -> None:
+def recipe_worker(name: str, factors: Path, repeat: int, out: Path) -> None:
     """Child process: time one recipe on one k_proj-shaped module (best of ``repeat``), write JSON to out."""
     import torch  # noqa: F401  (libraries imported before timing and the baseline RSS: both sides pay them)
 
@@ -211,7 +215,8 @@ def recipe_worker(name: str, n: int, repeat: int, out: Path) -> None:
     except ImportError:
         pass
 
-    b, a = planted_factors(n, *SHAPES["k_proj"], seed=SEED + 7)
+    with np.load(factors) as f:  # written once by the parent: the generator's temporaries stay out of the peak
+        b, a = f["b"], f["a"]  # (N, d_out, r), (N, r, d_in) float32
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     walls, cpus = [], []
     for _ in range(repeat):
@@ -219,31 +224,48 @@ def recipe_worker(name: str, n: int, repeat: int, out: Path) -> None:
         evr = RECIPES[name](b, a)
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    out.write_text(json.dumps({"recipe": name, "n": n, "wall_s": min(walls), "wall_all_s": walls, "cpu_s": min(cpus),
+    out.write_text(json.dumps({"recipe": name, "n": int(b.shape[0]), "wall_s": min(walls), "wall_all_s": walls, "cpu_s": min(cpus),
                                "baseline_rss_bytes": base,
                                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                "evr": [float(v) for v in evr]}))
 
 
-def peers(n: int, repeat: int, env, work: Path) -> dict:
-    res = {}
-    for name in RECIPES:
-        path = work / f"recipe_{name}.json"
-        run_child([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--worker", name, "--peer-n", str(n),
-                   "--repeat", str(1 if name.startswith("reference") else repeat), "--worker-out", str(path)], env=env)
-        res[name] = json.loads(path.read_text())
-    for name, ref in (("replication", "reference_model_axis"), ("uws_model_axis", "reference_model_axis"),
-                      ("authors", "reference_authors"), ("uws_authors", "reference_authors")):
-        got, want = np.array(res[name]["evr"]), np.array(res[ref]["evr"])
-        m = min(len(got), len(want))
-        res[name]["top16_evr"] = float(got[:TOP].sum())
-        res[name]["top16_diff_vs_float64"] = float(abs(got[:TOP].sum() - want[:TOP].sum()))
-        res[name]["evr_max_diff_vs_float64"] = float(np.abs(got[:m] - want[:m]).max())
-        res[name]["components_compared"] = m
-        res[name]["top16_within_tol"] = res[name]["top16_diff_vs_float64"] <= EVR_TOL
-    for name in RECIPES:
-        res[name].pop("evr")
-    return res
+TIMED = ("replication", "uws_model_axis", "authors", "uws_authors")
+REFERENCE_OF = {"replication": "reference_model_axis", "uws_model_axis": "reference_model_axis",
+                "authors": "reference_authors", "uws_authors": "reference_authors"}
+
+
+def _recipe(name: str, factors: Path, repeat: int, env, work: Path, tag: str) -> dict:
+    path = work / f"recipe_{name}_{tag}.json"
+    run_child([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--worker", name, "--worker-factors",
+               str(factors), "--repeat", str(repeat), "--worker-out", str(path)], env=env)
+    return json.loads(path.read_text())
+
+
+def peers(n: int, repeat: int, envs: dict, work: Path) -> dict:
+    """The four timed recipes under each thread setting in ``envs``, against float64 references (run once)."""
+    factors = work / "peer_factors.npz"
+    b, a = planted_factors(n, *SHAPES["k_proj"], seed=SEED + 7)
+    np.savez(factors, b=b, a=a)
+    del b, a
+    refs = {name: _recipe(name, factors, 1, envs[next(iter(envs))], work, "ref")
+            for name in ("reference_model_axis", "reference_authors")}
+    out = {"references": {k: {f: v for f, v in r.items() if f != "evr"} for k, r in refs.items()}}
+    for tag, env in envs.items():
+        res = {}
+        for name in TIMED:
+            r = _recipe(name, factors, repeat, env, work, tag)
+            got, want = np.array(r.pop("evr")), np.array(refs[REFERENCE_OF[name]]["evr"])
+            m = min(len(got), len(want))
+            r.update(top16_evr=float(got[:TOP].sum()),
+                     top16_diff_vs_float64=float(abs(got[:TOP].sum() - want[:TOP].sum())),
+                     evr_max_diff_vs_float64=float(np.abs(got[:m] - want[:m]).max()), components_compared=m)
+            r["top16_within_tol"] = r["top16_diff_vs_float64"] <= EVR_TOL
+            res[name] = r
+        res["speedups"] = {"model_axis_vs_replication": res["replication"]["wall_s"] / res["uws_model_axis"]["wall_s"],
+                           "authors_vs_sklearn": res["authors"]["wall_s"] / res["uws_authors"]["wall_s"]}
+        out[tag] = res
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -292,36 +314,54 @@ def write_results(data: dict, out: Path) -> None:
         lines.append("")
     p = data["peers"]
     lines += [f"## The peers' recipes on one k_proj-shaped module (N = {data['peer_n']}, r = {RANK}, same machine)", "",
-              "| recipe | wall s (best) | CPU s | peak RSS MiB (baseline) | top-16 EVR | top-16 diff vs float64 "
-              "| max EVR diff (components) |", "|---|---|---|---|---|---|---|"]
-    for name, r in p.items():
-        extra = (f"{r['top16_evr']:.6f} | {r['top16_diff_vs_float64']:.1e} | {r['evr_max_diff_vs_float64']:.1e} "
-                 f"({r['components_compared']})" if "top16_evr" in r else "reference | - | -")
-        lines.append(f"| {name} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_rss_bytes'] / 2**20:.0f} "
-                     f"({r['baseline_rss_bytes'] / 2**20:.0f}) | {extra} |")
-    sp = data["speedups"]
-    lines += ["", f"Speed-up (wall, best of runs): uws model axis vs the replication's recipe "
-              f"**{sp['model_axis_vs_replication']:.1f}x** (target >= 20x: "
-              f"{'met' if sp['model_axis_vs_replication'] >= 20 else 'not met'}); uws `stacked_rows_spectrum` vs the "
-              f"authors' sklearn PCA **{sp['authors_vs_sklearn']:.1f}x** (target >= 5x: "
-              f"{'met' if sp['authors_vs_sklearn'] >= 5 else 'not met'}). Top-16 EVR within {EVR_TOL:g} of the float64 "
-              f"reference: {', '.join(f'{k} {v}' for k, v in sp['top16_within_tol'].items())}.", ""]
-    (out / "paper_shapes_results.md").write_text("\n".join(lines))
+              "Float64 references (timed once, not compared): " + ", ".join(
+                  f"{k} {v['wall_s']:.1f} s" for k, v in p["references"].items()) + ".", ""]
+    for tag, res in p.items():
+        if tag == "references":
+            continue
+        lines += [f"### {tag}", "", "| recipe | wall s (best) | CPU s | peak RSS MiB (baseline) | top-16 EVR "
+                  "| top-16 diff vs float64 | max EVR diff (components) |", "|---|---|---|---|---|---|---|"]
+        for name in TIMED:
+            r = res[name]
+            lines.append(f"| {name} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_rss_bytes'] / 2**20:.0f} "
+                         f"({r['baseline_rss_bytes'] / 2**20:.0f}) | {r['top16_evr']:.6f} | "
+                         f"{r['top16_diff_vs_float64']:.1e} | {r['evr_max_diff_vs_float64']:.1e} "
+                         f"({r['components_compared']}) |")
+        sp = res["speedups"]
+        lines += ["", f"Speed-up (wall, best of runs): uws model axis vs the replication's recipe "
+                  f"**{sp['model_axis_vs_replication']:.1f}x** (target >= 20x: "
+                  f"{'met' if sp['model_axis_vs_replication'] >= 20 else 'not met'}); uws `stacked_rows_spectrum` vs "
+                  f"the authors' sklearn PCA **{sp['authors_vs_sklearn']:.1f}x** (target >= 5x: "
+                  f"{'met' if sp['authors_vs_sklearn'] >= 5 else 'not met'}). Top-16 EVR within {EVR_TOL:g} of the "
+                  "float64 reference: " + ", ".join(f"{k} {res[k]['top16_within_tol']}" for k in TIMED) + ".", ""]
+    lines += ["## Targets of issue 15 on this machine (extrapolations marked)", ""]
+    for tag, run in data["runs"].items():
+        ex = run["extrapolation"].get("extrapolated_96_keys_s")
+        limit = 180 if run["n"] <= 100 else 900
+        if ex is not None and run["n"] in (100, 500):
+            lines.append(f"- `uws spectra`, 96 keys, N = {run['n']}, {tag}: {ex / 60:.1f} min extrapolated "
+                         f"(target < {limit // 60} min: {'met' if ex < limit else 'not met'}).")
+    lines.append("- CUDA (500 LoRAs x 96 modules in under 2 minutes): " + (
+        "see the run above." if data["machine"]["cuda"] else "not measured, no GPU in this run."))
+    (out / "paper_shapes_results.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="adapters written for `uws spectra`")
     ap.add_argument("--layers", type=int, default=2, help="layers written (of 32); 3 keys each")
+    ap.add_argument("--large-n", type=int, default=500, help="also time `uws spectra` at this N (0: skip)")
+    ap.add_argument("--large-layers", type=int, default=1, help="layers written for the --large-n run")
     ap.add_argument("--peer-n", type=int, default=100, help="adapters in the peers' recipes comparison")
     ap.add_argument("--repeat", type=int, default=3, help="timings per recipe (best kept)")
-    ap.add_argument("--threads", default="default,1", help="`uws spectra` runs: 'default' and/or a thread count")
+    ap.add_argument("--threads", default="1,default", help="thread settings of the `uws spectra` runs and the recipes: 'default' and/or a count")
     ap.add_argument("--out", type=Path, default=HERE, help="output folder of the results")
     ap.add_argument("--worker", choices=list(RECIPES), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-factors", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        recipe_worker(args.worker, args.peer_n, args.repeat, args.worker_out)
+        recipe_worker(args.worker, args.worker_factors, args.repeat, args.worker_out)
         return {}
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on shared cores
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -331,13 +371,14 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         write_adapters(work / "pop", args.n, args.layers)
         write_s = time.perf_counter() - t0
-        runs = {}
+        runs, envs = {}, {}
         for threads in [t.strip() for t in args.threads.split(",") if t.strip()]:
             tenv = dict(env) if threads == "default" else {**env, "OMP_NUM_THREADS": threads,
                                                            "OPENBLAS_NUM_THREADS": threads,
                                                            "MKL_NUM_THREADS": threads}
+            envs[f"threads={threads}"] = tenv
             run = uws_spectra_run(work / "pop", work / f"out_{threads}", tenv)
-            run.update(n=args.n, layers=args.layers, threads=threads, extrapolation={})
+            run.update(n=args.n, layers=args.layers, threads=threads)
             run["extrapolation"] = extrapolate(run, args.n)
             if threads == "default":  # peak RSS per shape class: one key alone
                 run["peak_per_shape_class"] = {
@@ -345,14 +386,19 @@ def main(argv=None) -> dict:
                                        keys=rf"layers\.0\.self_attn\.{m}$")["peak_rss_bytes"] for m in ("q_proj", "k_proj")}
             runs[f"threads={threads}"] = run
             print(json.dumps({"threads": threads, "wall_s": run["wall_s"], **run["extrapolation"]}), flush=True)
-        pr = peers(args.peer_n, args.repeat, env, work)
+        if args.large_n:  # N r >= d at N = 500: the d x d path; first thread setting only (minutes per key)
+            tag, tenv = next(iter(envs.items()))
+            write_adapters(work / "pop_large", args.large_n, args.large_layers)
+            run = uws_spectra_run(work / "pop_large", work / "out_large", tenv)
+            run.update(n=args.large_n, layers=args.large_layers, threads=tag.split("=", 1)[1])
+            run["extrapolation"] = extrapolate(run, args.large_n)
+            runs[f"N={args.large_n}, {tag}"] = run
+            shutil.rmtree(work / "pop_large", ignore_errors=True)
+            print(json.dumps({"n": args.large_n, "wall_s": run["wall_s"], **run["extrapolation"]}), flush=True)
+        pr = peers(args.peer_n, args.repeat, envs, work)
         data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                 "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr,
-                "speedups": {"model_axis_vs_replication": pr["replication"]["wall_s"] / pr["uws_model_axis"]["wall_s"],
-                             "authors_vs_sklearn": pr["authors"]["wall_s"] / pr["uws_authors"]["wall_s"],
-                             "top16_within_tol": {k: v["top16_within_tol"] for k, v in pr.items()
-                                                  if "top16_within_tol" in v}}}
+                "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr}
         write_results(data, args.out)
         return data
     finally:
