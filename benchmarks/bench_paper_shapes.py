@@ -126,8 +126,14 @@ def run_child(cmd, env=None, timeout=None) -> dict:
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_bytes": ru.ru_maxrss * 1024, "output": text}
 
 
-def uws_spectra_run(root: Path, out: Path, env, keys: str | None = None) -> dict:
-    cmd = [sys.executable, "-m", "uws_core.cli", "spectra", str(root), "--out", str(out)]
+# `uws spectra` with the (N r)^2 solver switched off: the d x d streaming path of before (the "before" numbers)
+DENSE_PATH = ("import sys; import uws_core.population_spectra as ps; ps.uses_small_gram = lambda n, d: False; "
+              "from uws_core.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def uws_spectra_run(root: Path, out: Path, env, keys: str | None = None, dense_path: bool = False) -> dict:
+    cmd = ([sys.executable, "-c", DENSE_PATH] if dense_path else [sys.executable, "-m", "uws_core.cli"]) + [
+        "spectra", str(root), "--out", str(out)]
     res = run_child(cmd + (["--keys", keys] if keys else []), env=env)
     per_key = []
     for path in sorted((out / "keys").glob("*.json")):
@@ -205,6 +211,29 @@ RECIPES = {"replication": _replication, "uws_model_axis": _uws_model_axis, "auth
            "reference_authors": _reference_authors}
 
 
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's RSS high-water mark (Linux: ``5`` to /proc/self/clear_refs); return the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak_rss() -> int:
+    """Peak RSS since :func:`_reset_peak_rss` (VmHWM), else the process's whole-life peak."""
+    return _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def recipe_worker(name: str, factors: Path, repeat: int, out: Path) -> None:
     """Child process: time one recipe on one k_proj-shaped module (best of ``repeat``), write JSON to out."""
     import torch  # noqa: F401  (libraries imported before timing and the baseline RSS: both sides pay them)
@@ -217,7 +246,7 @@ def recipe_worker(name: str, factors: Path, repeat: int, out: Path) -> None:
 
     with np.load(factors) as f:  # written once by the parent: the generator's temporaries stay out of the peak
         b, a = f["b"], f["a"]  # (N, d_out, r), (N, r, d_in) float32
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = _reset_peak_rss()
     walls, cpus = [], []
     for _ in range(repeat):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -225,8 +254,7 @@ def recipe_worker(name: str, factors: Path, repeat: int, out: Path) -> None:
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     out.write_text(json.dumps({"recipe": name, "n": int(b.shape[0]), "wall_s": min(walls), "wall_all_s": walls, "cpu_s": min(cpus),
-                               "baseline_rss_bytes": base,
-                               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                               "baseline_rss_bytes": base, "peak_rss_bytes": _peak_rss(),
                                "evr": [float(v) for v in evr]}))
 
 
@@ -319,7 +347,7 @@ def write_results(data: dict, out: Path) -> None:
     for tag, res in p.items():
         if tag == "references":
             continue
-        lines += [f"### {tag}", "", "| recipe | wall s (best) | CPU s | peak RSS MiB (baseline) | top-16 EVR "
+        lines += [f"### {tag}", "", "| recipe | wall s (best) | CPU s | peak RSS MiB (RSS before) | top-16 EVR "
                   "| top-16 diff vs float64 | max EVR diff (components) |", "|---|---|---|---|---|---|---|"]
         for name in TIMED:
             r = res[name]
@@ -338,8 +366,8 @@ def write_results(data: dict, out: Path) -> None:
     for tag, run in data["runs"].items():
         ex = run["extrapolation"].get("extrapolated_96_keys_s")
         limit = 180 if run["n"] <= 100 else 900
-        if ex is not None and run["n"] in (100, 500):
-            lines.append(f"- `uws spectra`, 96 keys, N = {run['n']}, {tag}: {ex / 60:.1f} min extrapolated "
+        if ex is not None and run["n"] in (100, 500) and not tag.startswith("before"):
+            lines.append(f"- `uws spectra`, 96 keys, N = {run['n']}, threads={run['threads']}: {ex / 60:.1f} min extrapolated "
                          f"(target < {limit // 60} min: {'met' if ex < limit else 'not met'}).")
     lines.append("- CUDA (500 LoRAs x 96 modules in under 2 minutes): " + (
         "see the run above." if data["machine"]["cuda"] else "not measured, no GPU in this run."))
@@ -350,6 +378,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="adapters written for `uws spectra`")
     ap.add_argument("--layers", type=int, default=2, help="layers written (of 32); 3 keys each")
+    ap.add_argument("--before", type=int, default=1, help="also time the d x d path of before on 2 keys (0: skip)")
     ap.add_argument("--large-n", type=int, default=500, help="also time `uws spectra` at this N (0: skip)")
     ap.add_argument("--large-layers", type=int, default=1, help="layers written for the --large-n run")
     ap.add_argument("--peer-n", type=int, default=100, help="adapters in the peers' recipes comparison")
@@ -380,11 +409,17 @@ def main(argv=None) -> dict:
             run = uws_spectra_run(work / "pop", work / f"out_{threads}", tenv)
             run.update(n=args.n, layers=args.layers, threads=threads)
             run["extrapolation"] = extrapolate(run, args.n)
-            if threads == "default":  # peak RSS per shape class: one key alone
+            if not runs:  # first thread setting: peak RSS per shape class, one key alone
                 run["peak_per_shape_class"] = {
                     m: uws_spectra_run(work / "pop", work / f"one_{m}", tenv,
                                        keys=rf"layers\.0\.self_attn\.{m}$")["peak_rss_bytes"] for m in ("q_proj", "k_proj")}
             runs[f"threads={threads}"] = run
+            if args.before and threads == "1":  # same keys, same threads, the d x d path of before
+                before = uws_spectra_run(work / "pop", work / "out_before", tenv, keys=r"layers\.0\.self_attn\.[qk]_proj$",
+                                         dense_path=True)
+                before.update(n=args.n, layers=1, threads=threads)
+                before["extrapolation"] = extrapolate(before, args.n)
+                runs["before (d x d path), threads=1"] = before
             print(json.dumps({"threads": threads, "wall_s": run["wall_s"], **run["extrapolation"]}), flush=True)
         if args.large_n:  # N r >= d at N = 500: the d x d path; first thread setting only (minutes per key)
             tag, tenv = next(iter(envs.items()))

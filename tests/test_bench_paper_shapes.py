@@ -46,21 +46,26 @@ def test_uws_spectra_on_the_written_adapters_matches_a_float64_svd(tmp_path):
 
 def test_benchmark_end_to_end_tiny(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--n", "3", "--layers", "1",
-                           "--peer-n", "6", "--repeat", "1", "--threads", "default",
+                           "--peer-n", "6", "--repeat", "1", "--threads", "1",
                            "--large-n", "4", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "paper_shapes_results.json").read_text())
-    assert set(data["runs"]) == {"threads=default", "N=4, threads=default"}
-    assert len(data["runs"]["N=4, threads=default"]["keys"]) == 3
-    run = data["runs"]["threads=default"]
+    assert set(data["runs"]) == {"threads=1", "before (d x d path), threads=1", "N=4, threads=1"}
+    assert len(data["runs"]["N=4, threads=1"]["keys"]) == 3
+    before = data["runs"]["before (d x d path), threads=1"]["keys"]
+    assert [k["module"] for k in before] == ["k_proj", "q_proj"] and {k["solver"] for k in before} == {"streaming d x d"}
+    run = data["runs"]["threads=1"]
+    for k in before:  # the two solvers give the same spectra
+        new = next(x for x in run["keys"] if x["key"] == k["key"])
+        assert all(abs(new["top16_evr"][v] - k["top16_evr"][v]) < 1e-10 for v in k["top16_evr"])
     assert len(run["keys"]) == 3 and {k["solver"] for k in run["keys"]} == {"factored_gram"}
     assert run["peak_rss_bytes"] > 0 and set(run["peak_per_shape_class"]) == {"q_proj", "k_proj"}
     assert "extrapolated_96_keys_s" in run["extrapolation"] and run["extrapolation"]["keys"] == 96
     peers = data["peers"]
-    assert set(peers) == {"references", "threads=default"}
+    assert set(peers) == {"references", "threads=1"}
     assert set(peers["references"]) == {"reference_model_axis", "reference_authors"}
-    timed = peers["threads=default"]
+    timed = peers["threads=1"]
     assert set(timed) == {"replication", "uws_model_axis", "authors", "uws_authors", "speedups"}
     assert all(timed[k]["top16_within_tol"] for k in ("replication", "uws_model_axis", "authors", "uws_authors"))
     assert timed["uws_authors"]["evr_max_diff_vs_float64"] < 1e-10  # float64 Gram route: round-off only

@@ -7,7 +7,10 @@ time and accumulated on the compute device (``uws_core.device.pick_device``: the
 * checkpoints: ``StreamingSpectrum`` of the chosen unfolding of the stack (N, d_out, d_in) (a plain
   truncated SVD of that unfolding, via its float64 Gram);
 * adapters: the authors' recipe, A stack "rows" and B stack "cols" centred by the mean sample, plus the
-  scaled product ``s_i B_i @ A_i`` in the chosen unfolding (``StreamingLoraSpectrum``, factored).
+  scaled product ``s_i B_i @ A_i`` in the chosen unfolding (``StreamingLoraSpectrum``, factored). When
+  ``N r < max(d_out, d_in)`` the key's N factor pairs are read at once and the three spectra come from
+  (N r) x (N r) Grams instead (``uws_core.factored_spectra``, solver ``"factored_gram"`` in the key's JSON;
+  same numbers to round-off; timings in ``benchmarks/paper_shapes_results.md``).
 
 Each finished key is written atomically to ``OUT/keys/<key>.json`` (EVR head, k at thresholds, top-k EVR,
 the memory bound of the key, timings) and optionally its top-k basis to ``OUT/basis/<key>.safetensors``;
