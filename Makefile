@@ -48,6 +48,7 @@ nbval: setup populations
 bench: setup
 	$(PY) benchmarks/bench_lora_subspace.py
 	$(PY) benchmarks/bench_streaming.py
+	$(PY) benchmarks/bench_paper_shapes.py
 
 # Developers: re-execute the committed notebooks in place at laptop scale (what CI checks).
 notebooks: setup

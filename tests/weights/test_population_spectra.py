@@ -132,6 +132,25 @@ def test_adapters_authors_recipe_and_product(adapter_population, tmp_path):
             assert got["unfolding"] == unf and got["center"] == cen
 
 
+@pytest.mark.parametrize("unfolding,center", [("rows", "models"), ("cols", "samples"), ("model", "models")])
+def test_adapters_factored_gram_equals_streaming_path(adapter_population, tmp_path, monkeypatch, unfolding, center):
+    """N r = 16 < d: the (N r)^2 Gram solver; forcing the d x d streaming path gives the same EVR (1e-10)."""
+    from uws_core.weights import population_spectra as ps
+
+    aset = AdapterSet.from_dirs(adapter_population.dirs)
+    fast = population_spectra(aset, tmp_path / "f", unfolding, center, keys=r"layers\.0\.", progress=False)
+    monkeypatch.setattr(ps, "uses_small_gram", lambda n, d: False)
+    slow = population_spectra(aset, tmp_path / "s", unfolding, center, keys=r"layers\.0\.", progress=False)
+    assert len(fast["computed"]) == 3
+    for key, res in fast["keys"].items():
+        assert res["solver"] == "factored_gram" and "solver" not in slow["keys"][key]
+        for view in ("lora_A", "lora_B", "product"):
+            got, ref = res["spectra"][view], slow["keys"][key]["spectra"][view]
+            assert got["n_components"] == ref["n_components"] and got["k_at"] == ref["k_at"]
+            np.testing.assert_allclose(got["evr"], ref["evr"], rtol=0, atol=TOL)
+            np.testing.assert_allclose(got["total_variance"], ref["total_variance"], rtol=TOL)
+
+
 def test_interrupted_run_resumes_to_the_uninterrupted_result(checkpoint_population, tmp_path):
     pop = MatrixPopulation(checkpoint_population.dirs)  # two single-file and two sharded checkpoints
     full = population_spectra(pop, tmp_path / "full", "rows", "models", progress=False)

@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``lora``, ``nulls``, ``numerics``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``factored_spectra``, ``lora``, ``nulls``, ``numerics``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -38,11 +38,14 @@ _API = {
     "authors_pca_lora": "recipes",
     "authors_pca_n_components": "recipes",
     "authors_subspace": "recipes",
+    "center_rows": "factored_spectra",
     "center_stack": "spectral",
     "compute_settings": "numerics",
     "cpu_has_avx2": "numerics",
     "eigh_descending": "subspace",
     "explained_variance_ratio": "subspace",
+    "factored_lora_spectra": "factored_spectra",
+    "factored_product_spectrum": "factored_spectra",
     "gaussian_like": "nulls",
     "gaussian_lora_like": "nulls",
     "global_std": "recipes",
@@ -77,7 +80,9 @@ _API = {
     "stable_seed_63": "numerics",
     "stable_seed_63_masked": "numerics",
     "stack_spectrum": "spectral",
+    "stacked_rows_spectrum": "factored_spectra",
     "unfold": "spectral",
+    "uses_small_gram": "factored_spectra",
 }
 
 __all__ = sorted(_API)

@@ -7,7 +7,10 @@ time and accumulated on the compute device (``uws_core.linalg.device.pick_device
 * checkpoints: ``StreamingSpectrum`` of the chosen unfolding of the stack (N, d_out, d_in) (a plain
   truncated SVD of that unfolding, via its float64 Gram);
 * adapters: the authors' recipe, A stack "rows" and B stack "cols" centred by the mean sample, plus the
-  scaled product ``s_i B_i @ A_i`` in the chosen unfolding (``StreamingLoraSpectrum``, factored).
+  scaled product ``s_i B_i @ A_i`` in the chosen unfolding (``StreamingLoraSpectrum``, factored). When
+  ``N r < max(d_out, d_in)`` the key's N factor pairs are read at once and the three spectra come from
+  (N r) x (N r) Grams instead (``uws_core.linalg.factored_spectra``, solver ``"factored_gram"`` in the key's JSON;
+  same numbers to round-off; timings in ``benchmarks/paper_shapes_results.md``).
 
 Each finished key is written atomically to ``OUT/keys/<key>.json`` (EVR head, k at thresholds, top-k EVR,
 the memory bound of the key, timings) and optionally its top-k basis to ``OUT/basis/<key>.safetensors``;
@@ -40,6 +43,7 @@ from uws_core.weights.adapters import AdapterSet, parse_module_key
 from uws_core.weights.checkpoints import (FLOAT_DTYPES, CheckpointFormatError, CheckpointSet, check_weight_tensors,
                                           checkpoint_tensor_files, load_tensor, natural_key)
 from uws_core.linalg.device import pick_device
+from uws_core.linalg.factored_spectra import factored_lora_spectra, uses_small_gram
 from uws_core.linalg.lora import StreamingLoraSpectrum
 from uws_core.linalg.spectral import StreamingSpectrum
 from uws_core.weights.run_dirs import (FORMAT, FORMAT_VERSION, ResumeError, drive_keys, key_filename,  # noqa: F401
@@ -340,6 +344,9 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
 def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
                  max_key_bytes, out, scaled: bool = True) -> dict:
     d_out, r, d_in = aset.shape(key)
+    if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, not d x d
+        return _adapter_key_factored(aset, key, unfolding, center, ks, thresholds, evr_head, dev, max_key_bytes,
+                                     scaled)
     bound = memory_bound_bytes((d_out, d_in), len(aset), unfolding, center, lora_rank=r, chunk=max(1, 1024 // r))
     if max_key_bytes is not None and bound["total"] > max_key_bytes:
         return {"too_big": bound}
@@ -363,6 +370,44 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
     t_comp += time.perf_counter() - t0
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}
+
+
+def factored_memory_bound_bytes(shape, n: int, r: int) -> dict:
+    """Memory bound (bytes) of :func:`_adapter_key_factored`: the float64 factor stacks and their centred
+    copies ``16 N r (d_out + d_in)``, four (N r)^2 float64 Grams and their eigensolver workspace ``64 (N r)^2``."""
+    d_out, d_in = shape
+    parts = {"factors": 16 * n * r * (d_out + d_in), "small_grams": 64 * (n * r) ** 2}
+    return {**parts, "total": sum(parts.values())}
+
+
+def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, dev,
+                          max_key_bytes, scaled: bool = True) -> dict:
+    """One adapter key by :func:`uws_core.linalg.factored_spectra.factored_lora_spectra` (the "factored_gram" solver).
+
+    Used when N r < max(d_out, d_in): the N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes
+    at most with the centred copies) and each view takes the smaller of its (N r)^2 and d x d Grams; the
+    numbers equal the streaming path's to round-off (tests/linalg/test_factored_spectra.py, test_population_spectra.py)."""
+    d_out, r, d_in = aset.shape(key)
+    n = len(aset)
+    bound = factored_memory_bound_bytes((d_out, d_in), n, r)
+    if max_key_bytes is not None and bound["total"] > max_key_bytes:
+        return {"too_big": bound}
+    t0 = time.perf_counter()
+    b = torch.empty(n, d_out, r, dtype=torch.float64)  # (N, d_out, r)
+    a = torch.empty(n, r, d_in, dtype=torch.float64)  # (N, r, d_in)
+    for i in range(n):
+        b[i], a[i] = aset.load(i, key)  # float64, finiteness checked with the adapter and key named
+    t1 = time.perf_counter()
+    views = factored_lora_spectra(b, a, unfolding, center, scaling=aset.scalings if scaled else None, device=dev,
+                                  check=False)
+    spectra = {"lora_A": {**summarize(views["lora_A"], ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "lora_B": {**summarize(views["lora_B"], ks, thresholds, evr_head), "recipe": "authors-subspace"},
+               "product": {**summarize(views["product"], ks, thresholds, evr_head), "scaled": scaled,
+                           "recipe": None}}
+    t2 = time.perf_counter()
+    return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
+            "spectra": spectra, "memory_bound_bytes": bound, "solver": "factored_gram",
+            "timing": {"load_s": t1 - t0, "compute_s": t2 - t1}}
 
 
 def open_population(dirs: Sequence[Path | str], names=None, strict: bool = True):

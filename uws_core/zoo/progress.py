@@ -3,9 +3,9 @@
 A bar is shown when stderr is a terminal and ``UWS_PROGRESS`` is not ``0``; in a pipe, a log file, CI or a
 notebook kernel it is disabled (no output at all), and ``UWS_PROGRESS=0`` turns every bar off. Bars never
 touch a random number generator or a tensor: they only count, so a build with bars gives the same bits as
-one without (``python -m uws_core.populations --tiny`` compares the fingerprints).
+one without (``python -m uws_core.zoo.populations --tiny`` compares the fingerprints).
 
-Several builds may run at once, one per worker process (:func:`uws_core.populations.build_all`): each
+Several builds may run at once, one per worker process (:func:`uws_core.zoo.populations.build_all`): each
 worker gets a slot (:func:`set_slot`), and its bars take the terminal lines ``1 + 2 * slot`` (models) and
 ``2 + 2 * slot`` (steps) below the parent's line 0, each labelled with the population it trains
 (:func:`labelled`), so two workers' bars do not overwrite each other.
