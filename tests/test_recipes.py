@@ -250,3 +250,18 @@ def test_recipe_input_errors(mixed_alpha_adapters, tiny_checkpoints, tmp_path, c
         with pytest.raises(SystemExit) as exc:
             main(["spectrum", *map(str, args), "--out", str(tmp_path / "x.json")])
         assert exc.value.code == 1 and msg in capsys.readouterr().err
+
+
+def test_generic_unfolding_with_scaling_none(mixed_alpha_adapters, tmp_path):
+    root, dirs = mixed_alpha_adapters
+    mods, _ = read_lora_numpy(dirs)
+    one = run_cli(tmp_path, root, "--unfolding", "model", "--scaling", "none")
+    out = tmp_path / "generic"
+    assert main(["spectra", str(root), "--out", str(out), "--unfolding", "model", "--scaling", "none"]) == 0
+    summary = json.loads((out / "spectra.json").read_text())
+    assert one["recipe"] is None and summary["recipe"] is None and summary["scaling"] == "none"
+    for key, got in summary["keys"].items():
+        ref = replication_reference(*mods[key])["evr"]  # model axis, centred, unscaled = the replication's spectrum
+        assert got["spectra"]["product"]["scaled"] is False and got["spectra"]["lora_A"]["recipe"] == "authors-subspace"
+        np.testing.assert_allclose(got["spectra"]["product"]["evr"], ref, rtol=0, atol=TOL)
+        np.testing.assert_allclose(one["keys"][key]["product"]["evr"], ref, rtol=0, atol=TOL)
