@@ -94,6 +94,7 @@ def assert_close_rel(got, want, tol=F32):
     assert float((got - want).abs().max()) <= tol * max(scale, 1.0), (float((got - want).abs().max()), scale)
 
 
+@pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")  # peft's note that density 1 prunes nothing
 @pytest.mark.parametrize("combination,density", [("ties", 0.5), ("ties", 0.2), ("linear", 1.0), ("dare_linear", 1.0)])
 def test_peft_factor_merges(peft_population, combination, density):
     model, factors, scal = peft_population

@@ -1,7 +1,7 @@
 """uws_core.linalg.recipes against independent implementations written here from the peers' cited lines.
 
 The references below read the safetensors files directly (numpy), never through uws loaders or spectra:
-* authors-pca: toshi2k2/unisub Mistral_LoRAs/run_pca.py L95-131 (mean matrix removed, axis-0 concatenation,
+* authors-pca: toshi2k2/unisub Mistral_LoRAs/run_pca.py L95-137 (mean matrix removed, axis-0 concatenation,
   sklearn PCA with their component rule) and generate_plots.py L22-43 (zero-padded mean over keys);
 * authors-subspace: unisub NLG/get_subspaceadapter.py L153-180 (tall factors side by side, row mean removed,
   torch.svd_lowrank(q, niter=40));
@@ -60,7 +60,7 @@ def read_lora_numpy(dirs) -> tuple[dict, np.ndarray]:
 
 
 def authors_pca_reference(data_list: list[np.ndarray]) -> np.ndarray | None:
-    """run_pca.py L95-131 with sklearn's PCA; None where their script skips the key."""
+    """run_pca.py L95-137 with sklearn's PCA; None where their script skips the key."""
     data_mean = sum(data_list) / len(data_list)
     data_array = np.concatenate([d - data_mean for d in data_list], axis=0)
     n_components = min(300, data_array.shape[0] - 1, data_array.shape[1] - 1)
@@ -250,3 +250,18 @@ def test_recipe_input_errors(mixed_alpha_adapters, tiny_checkpoints, tmp_path, c
         with pytest.raises(SystemExit) as exc:
             main(["spectrum", *map(str, args), "--out", str(tmp_path / "x.json")])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_generic_unfolding_with_scaling_none(mixed_alpha_adapters, tmp_path):
+    root, dirs = mixed_alpha_adapters
+    mods, _ = read_lora_numpy(dirs)
+    one = run_cli(tmp_path, root, "--unfolding", "model", "--scaling", "none")
+    out = tmp_path / "generic"
+    assert main(["spectra", str(root), "--out", str(out), "--unfolding", "model", "--scaling", "none"]) == 0
+    summary = json.loads((out / "spectra.json").read_text())
+    assert one["recipe"] is None and summary["recipe"] is None and summary["scaling"] == "none"
+    for key, got in summary["keys"].items():
+        ref = replication_reference(*mods[key])["evr"]  # model axis, centred, unscaled = the replication's spectrum
+        assert got["spectra"]["product"]["scaled"] is False and got["spectra"]["lora_A"]["recipe"] == "authors-subspace"
+        np.testing.assert_allclose(got["spectra"]["product"]["evr"], ref, rtol=0, atol=TOL)
+        np.testing.assert_allclose(one["keys"][key]["product"]["evr"], ref, rtol=0, atol=TOL)

@@ -9,8 +9,8 @@ cross-model mean matrix is subtracted (L95-96), the N centred matrices are stack
 axis (L97) and fitted with sklearn's PCA (L113-116). For LoRAs the keys are the stored factors, so
 ``lora_A`` (r, d_in) gives an (N*r, d_in) stack and ``lora_B`` (d_out, r) an (N*d_out, r) stack: B's
 features are r-dimensional, and PCA keeps ``min(300, rows-1, cols-1)`` components (L113: at most r-1
-for B), more when those explain < 90% (L119-131; a key whose larger refit is refused by sklearn is
-skipped, L124-129). Each EVR is over all components (sklearn divides by the total variance; the
+for B), more when those explain < 90% (L123-137; a key whose larger refit is refused by sklearn is
+skipped, L131-135). Each EVR is over all components (sklearn divides by the total variance; the
 column mean it subtracts again is already zero). The average figure (``Mistral_LoRAs/generate_plots.py``
 L22-43) zero-pads every key's EVR to the longest and averages over all keys, A and B keys together.
 In uws terms: :func:`uws_core.linalg.spectral.stack_spectrum` with unfolding "rows", centring "models".
@@ -19,7 +19,7 @@ In uws terms: :func:`uws_core.linalg.spectral.stack_spectrum` with unfolding "ro
 ``NLG/get_subspaceadapter.py`` (@ 0d39d03): each factor is made tall (``A_i^T``: d_in x r; B_i as
 stored: d_out x r; L153-154), the N are concatenated side by side (d x N*r, L156), the row mean is
 subtracted (L178-179) and ``torch.svd_lowrank(q=256, niter=40)`` gives the basis (L180);
-reconstructions do not add the mean back (L185-215). In uws terms: A "rows" and B "cols" centred by
+reconstructions do not add the mean back (L185-221). In uws terms: A "rows" and B "cols" centred by
 the mean sample (:func:`uws_core.linalg.lora.lora_factor_spectra`), the adapter views uws reported before
 recipes had names; we take all components exactly (dense SVD), which agrees with ``svd_lowrank`` at
 full ``q`` to round-off (tests/test_recipes.py).
@@ -61,7 +61,7 @@ SOURCES = {
 #: the product's scaling each recipe uses unless told otherwise
 DEFAULT_SCALING = {"authors-pca": "none", "authors-subspace": "none", "replication": "none", None: "alpha-over-r"}
 AUTHORS_MAX_COMPONENTS = 300  # run_pca.py L11 / L113
-AUTHORS_EV_TARGET = 0.90  # run_pca.py L119
+AUTHORS_EV_TARGET = 0.90  # run_pca.py L123
 
 
 def check_recipe(recipe: str | None) -> str | None:
@@ -98,8 +98,8 @@ def authors_pca_n_components(n_rows: int, n_cols: int, evr) -> int | None:
     """Components the authors' PCA keeps for a stack of ``n_rows x n_cols`` with full EVR ``evr``.
 
     ``min(300, n_rows - 1, n_cols - 1)`` (run_pca.py L113); if those explain < 0.90, a refit with
-    ``min(int(n / e * 0.9), n_rows - 1)`` (L119-123), which sklearn refuses (and run_pca.py skips the key,
-    L124-129: None here) when it exceeds ``min(n_rows, n_cols)``. None also for a key with no variance."""
+    ``min(int(n / e * 0.9), n_rows - 1)`` (L123-130), which sklearn refuses (and run_pca.py skips the key,
+    L131-135: None here) when it exceeds ``min(n_rows, n_cols)``. None also for a key with no variance."""
     evr = np.asarray(evr, dtype=np.float64)
     n = min(AUTHORS_MAX_COMPONENTS, n_rows - 1, n_cols - 1)
     if n < 1 or not np.isfinite(evr).all() or evr.sum() <= 0:
