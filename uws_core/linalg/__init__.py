@@ -77,6 +77,7 @@ _API = {
     "stable_seed_63": "numerics",
     "stable_seed_63_masked": "numerics",
     "stack_spectrum": "spectral",
+    "transformers_quiet": "numerics",
     "unfold": "spectral",
 }
 
