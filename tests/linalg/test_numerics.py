@@ -42,6 +42,15 @@ def test_compute_settings_none_leaves_a_setting_alone_and_quiet_restores_the_bar
         torch.use_deterministic_algorithms(det)
 
 
+def test_progress_disabled_follows_show_and_the_environment(monkeypatch):
+    monkeypatch.delenv("UWS_PROGRESS", raising=False)
+    assert numerics.progress_disabled() is None and numerics.progress_disabled(False) is True
+    monkeypatch.setenv("UWS_PROGRESS", "0")
+    assert numerics.progress_disabled() is True
+    monkeypatch.setenv("UWS_PROGRESS", "1")
+    assert numerics.progress_disabled() is None
+
+
 def test_compute_settings_restores_after_an_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="inside"):

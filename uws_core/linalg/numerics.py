@@ -42,7 +42,8 @@ import platform
 import sys
 
 __all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
-           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet", "KERNEL_THREADS", "single_thread_kernels",
+           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet", "progress_disabled",
+           "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
            "stable_seed_32", "stable_seed_63", "stable_seed_63_masked"]
 
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -55,6 +56,8 @@ OPT_OUT = "UWS_NATIVE_KERNELS"
 #: count; and two kernels at a time on a 2-core machine, at 2 threads each, spent about twice their CPU
 #: time as wall time (notebook 04: 94 s wall for 47 s CPU).
 KERNEL_THREADS = "UWS_KERNEL_THREADS"
+#: ``UWS_PROGRESS=0`` turns every progress bar off (:func:`progress_disabled`)
+PROGRESS_ENV = "UWS_PROGRESS"
 
 
 def native_requested(environ=None) -> bool:
@@ -171,6 +174,15 @@ def compute_settings(num_threads: int | None = 1, deterministic: bool | None = T
                 restore.callback(hf_logging.enable_progress_bar)
             hf_logging.disable_progress_bar()
         yield
+
+
+def progress_disabled(show: bool = True) -> bool | None:
+    """tqdm's ``disable`` argument for every uws progress bar: True when ``show`` is false or ``UWS_PROGRESS=0``
+    (every bar off), else None: tqdm's own rule, a bar only when its stream is a terminal (none in a pipe, a
+    log, CI or a notebook kernel). Bars only count: they never touch a generator or a tensor."""
+    if not show or os.environ.get(PROGRESS_ENV, "1").strip() == "0":
+        return True
+    return None
 
 
 def transformers_quiet():

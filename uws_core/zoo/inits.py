@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from uws_core.linalg.numerics import transformers_quiet
+from uws_core.linalg.numerics import progress_disabled, transformers_quiet
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
 
 __all__ = ["architecture_class", "random_init_model", "write_random_inits"]
@@ -70,7 +70,7 @@ def write_random_inits(config_dir: Path | str, n: int, seed: int = 0, cache_dir:
         from tqdm.auto import tqdm
 
         with transformers_quiet():
-            for s in tqdm(seeds, desc="random inits", disable=not progress):
+            for s in tqdm(seeds, desc="random inits", disable=progress_disabled(progress)):
                 random_init_model(config, s).save_pretrained(tmp / f"seed_{s}", safe_serialization=True)
         return {"source_config": str(path), "architecture": config.architectures[0], "seeds": seeds}
 
