@@ -42,8 +42,8 @@ import platform
 import sys
 
 __all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
-           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet", "progress_disabled",
-           "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
+           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet",
+           "progress_disabled", "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
            "stable_seed_32", "stable_seed_63", "stable_seed_63_masked"]
 
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
