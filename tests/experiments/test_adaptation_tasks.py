@@ -10,12 +10,13 @@ from uws_core.experiments import adaptation_tasks as at
 
 def test_vit_split_and_accuracy_agree_with_the_population_evaluator():
     from uws_core.zoo.vit_model import evaluate_states, init_state
+    from uws_core.zoo.vit_tasks import held_out_split
     from uws_core.zoo.vit_zoo import VitZooConfig
 
     cfg = VitZooConfig.tiny()
     tasks = ["3v8", "low5+rot90"]
-    splits = [at.vit_split(t, cfg) for t in tasks]
-    again = at.vit_split(tasks[0], cfg)
+    splits = [held_out_split(t, cfg) for t in tasks]
+    again = held_out_split(tasks[0], cfg)
     for name in ("train", "val", "test"):
         np.testing.assert_array_equal(again[name][1], splits[0][name][1])
     n_tr, n_va = len(splits[0]["train"][1]), len(splits[0]["val"][1])

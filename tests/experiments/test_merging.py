@@ -143,22 +143,22 @@ def test_statistics():
     assert M.norm({"a": torch.tensor([3.0]), "b": torch.tensor([[4.0]])}) == 5.0
 
 
-def test_lora_evaluator_matches_the_population(tmp_path):
+def test_lora_merge_scoring_matches_the_population(tmp_path):
     from uws_core.zoo.lora_zoo import LoraPopulationConfig, build_lora_population
     pop = build_lora_population(LoraPopulationConfig.tiny(), cache_dir=tmp_path, progress=False)
-    ev = M.LoraMergeEvaluator(pop)
     tasks = list(pop.records["task"][:3])
-    np.testing.assert_array_equal(ev(None, tasks), pop.records["base_acc"][:3].to_numpy())
+    np.testing.assert_array_equal(pop.evaluate_many(tasks), pop.records["base_acc"][:3].to_numpy())
     state = pop.adapter_state(1)
-    assert ev(state, [tasks[1]])[0] == pop.evaluate(tasks[1], state)
+    # one merge scored on several tasks == each task scored on its own merge
+    np.testing.assert_array_equal(pop.evaluate_many(tasks, state), [pop.evaluate(t, state) for t in tasks])
     # a dense update passed back as an exact PEFT pair scores as the adapter itself
     dense = P.peft_state_from_dense(P.lora_products(state, pop.scaling), scaling=pop.scaling)
-    assert ev(dense, [tasks[1]], "val")[0] == ev(state, [tasks[1]], "val")[0]
+    assert pop.evaluate_many([tasks[1]], dense, "val")[0] == pop.evaluate_many([tasks[1]], state, "val")[0]
 
 
 def test_vit_accuracy_validation_subset(tmp_path):
     from uws_core.zoo.vit_zoo import VitZooConfig, build_vit_populations, load_state
-    from uws_core.zoo.vit_tasks import task_data
+    from uws_core.zoo.vit_tasks import task_data, train_sample_indices
     vp = build_vit_populations(VitZooConfig.tiny(), cache_dir=tmp_path)
     ft = vp.records[vp.records["kind"] == "finetune"]
     states, tasks = [load_state(vp.root / d) for d in ft["dir"]], list(ft["task"])
@@ -166,9 +166,9 @@ def test_vit_accuracy_validation_subset(tmp_path):
     np.testing.assert_allclose(M.vit_accuracy(states, tasks, vp.config, "val", n_val=10**6),
                                vp.evaluate_many(states, tasks, "train"), rtol=0, atol=1e-12)  # the whole train split
     n = len(task_data(tasks[0], "train")[1])
-    idx = M.vit_validation_indices(n, 50, tasks[0])
-    assert len(idx) == 50 == len(set(idx)) and np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[0]))
-    assert not np.array_equal(idx, M.vit_validation_indices(n, 50, tasks[1]))
+    idx = train_sample_indices(n, 50, tasks[0])
+    assert len(idx) == 50 == len(set(idx)) and np.array_equal(idx, train_sample_indices(n, 50, tasks[0]))
+    assert not np.array_equal(idx, train_sample_indices(n, 50, tasks[1]))
 
 
 def test_randomized_subspace_fit_matches_the_exact_one():

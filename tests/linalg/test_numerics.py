@@ -18,6 +18,39 @@ def test_compute_settings_sets_and_restores():
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.enabled) == before
 
 
+def test_compute_settings_none_leaves_a_setting_alone_and_quiet_restores_the_bars():
+    from transformers.utils import logging as hf_logging
+
+    det, bars = torch.are_deterministic_algorithms_enabled(), hf_logging.is_progress_bar_enabled()
+    torch.use_deterministic_algorithms(False)
+    hf_logging.enable_progress_bar()
+    try:
+        state = lambda: (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),  # noqa: E731
+                         torch.backends.mkldnn.enabled, hf_logging.is_progress_bar_enabled())
+        before = state()
+        with numerics.compute_settings(1, deterministic=None, quiet=False, onednn=None):
+            assert state() == (1,) + before[1:]
+        with numerics.transformers_quiet():
+            assert state() == before[:3] + (False,)
+        assert state() == before
+        hf_logging.disable_progress_bar()  # bars already off: left off after the block
+        with numerics.compute_settings(1):
+            assert state() == (1, True, False, False)
+        assert state() == before[:3] + (False,)
+    finally:
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        torch.use_deterministic_algorithms(det)
+
+
+def test_progress_disabled_follows_show_and_the_environment(monkeypatch):
+    monkeypatch.delenv("UWS_PROGRESS", raising=False)
+    assert numerics.progress_disabled() is None and numerics.progress_disabled(False) is True
+    monkeypatch.setenv("UWS_PROGRESS", "0")
+    assert numerics.progress_disabled() is True
+    monkeypatch.setenv("UWS_PROGRESS", "1")
+    assert numerics.progress_disabled() is None
+
+
 def test_compute_settings_restores_after_an_error():
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="inside"):

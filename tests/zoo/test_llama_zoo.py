@@ -32,8 +32,9 @@ def test_model_names_are_reexported():
     import uws_core.zoo.llama_model as lm
 
     for name in ("llama_config", "init_state", "llama_logits", "train_models", "evaluate_models", "save_llama",
-                 "load_state", "compute_settings", "MATRIX_TYPES"):
+                 "load_state", "MATRIX_TYPES"):
         assert getattr(lz, name) is getattr(lm, name) and name in lz.__all__
+    assert "compute_settings" not in lm.__all__ + lz.__all__  # one home: uws_core.linalg.numerics
 
 
 def test_unseen_models_rotate_through_task_groups():

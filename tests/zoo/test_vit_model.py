@@ -57,3 +57,29 @@ def test_train_models_is_deterministic_and_learns():
     after = evaluate_states(out1, tasks, cfg, "train")
     assert (after > before).all() and (after > 0.8).all(), (before, after)
     assert init[0][QUERY0].data_ptr() != out1[0][QUERY0].data_ptr()
+
+
+def test_stacked_accuracy_pads_masks_and_chunks_like_one_model_at_a_time():
+    from uws_core.zoo.vit_model import stacked_accuracy
+
+    gen = torch.Generator().manual_seed(3)
+    states = [init_state(TINY, 2, seed=1), init_state(TINY, 5, seed=2)]        # heads of 2 and 5 classes
+    head = torch.zeros(2, 5, TINY.hidden_size)
+    bias = torch.zeros(2, 5)
+    for g, s in enumerate(states):
+        n = s["classifier.weight"].shape[0]
+        head[g, :n] = s["classifier.weight"] + torch.randn(n, TINY.hidden_size, generator=gen)
+        bias[g, :n] = s["classifier.bias"]
+    params = {k: torch.stack([s[k] for s in states]) for k in states[0] if not k.startswith("classifier.")}
+    params.update({"classifier.weight": head, "classifier.bias": bias})       # (2, ...), heads padded to 5 rows
+    images = [torch.rand(7, 8, 8, generator=gen).numpy(), torch.rand(11, 8, 8, generator=gen).numpy()]
+    labels = [torch.randint(0, 2, (7,), generator=gen).numpy(), torch.randint(0, 5, (11,), generator=gen).numpy()]
+    acc = stacked_accuracy(params, images, labels, [2, 5], TINY)
+    want = []
+    for g, n in enumerate([2, 5]):                                            # one model, its own rows, no padding
+        one = {k: v[g:g + 1, :n] if k.startswith("classifier.") else v[g:g + 1] for k, v in params.items()}
+        pred = vit_logits(one, torch.from_numpy(images[g]).unsqueeze(0), TINY)[0].argmax(-1).numpy()
+        want.append((pred == labels[g]).mean())
+    assert acc.dtype == "float64" and acc.tolist() == pytest.approx(want, abs=1e-12)
+    for chunk in (1, 3, 100):
+        assert stacked_accuracy(params, images, labels, [2, 5], TINY, chunk=chunk).tolist() == acc.tolist()

@@ -17,7 +17,6 @@ _API = {
     "CONTROLS": "lora_projection",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
-    "LoraMergeEvaluator": "merging",
     "LoraStack": "lora_projection",
     "PAPER_LORA_SHAPES": "compression",
     "PAPER_SHAPES": "compression",
@@ -31,7 +30,6 @@ _API = {
     "bootstrap_mean_ci": "lora_loo_accuracy",
     "check_deltas": "merging",
     "checkpoint_key_spectra_with_null": "views",
-    "class_mask": "adaptation_tasks",
     "dare_merge": "merging",
     "fit_factor_basis": "lora_projection",
     "fit_runs": "adaptation",
@@ -73,8 +71,6 @@ _API = {
     "trainable_parameter_count": "adaptation",
     "vit_accuracy": "adaptation_tasks",
     "vit_loss_fn": "adaptation_tasks",
-    "vit_split": "adaptation_tasks",
-    "vit_validation_indices": "merging",
     "with_scaling": "replication_loo",
 }
 

@@ -30,7 +30,6 @@ reconstructed adapters (what notebook 08 reads).
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -56,14 +55,13 @@ K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
 
 
 def _threads(num_threads: int | None):
-    """:func:`uws_core.linalg.numerics.compute_settings` on ``num_threads`` threads (None: nothing changed). The
-    laptop matrices are tiny: one thread avoids OpenMP hand-offs that cost ~50x on a shared 2-core machine."""
+    """:func:`uws_core.linalg.numerics.compute_settings` on ``num_threads`` threads and oneDNN off (None: nothing
+    changed), determinism as the caller has it. The laptop matrices are tiny: one thread avoids OpenMP
+    hand-offs that cost ~50x on a shared 2-core machine."""
     from uws_core.linalg.numerics import compute_settings
 
-    if num_threads is None:
-        return contextlib.nullcontext()
-    return compute_settings(int(num_threads), deterministic=torch.are_deterministic_algorithms_enabled(),
-                            quiet=False)
+    return compute_settings(num_threads, deterministic=None, quiet=False,
+                            onednn=None if num_threads is None else False)
 
 
 # ------------------------------------------------------------------------------------------ states

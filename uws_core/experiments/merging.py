@@ -1,5 +1,6 @@
 """Model merging on name-keyed weight dicts: mean, task arithmetic, TIES, DARE, the universal-subspace merge and
-an SVD-alignment merge for LoRAs (KnOTS-style), and evaluators of merged states on the laptop populations.
+an SVD-alignment merge for LoRAs (KnOTS-style), and the accuracy of merged ViT states (:func:`vit_accuracy`; merged
+LoRA states are scored by :meth:`uws_core.zoo.lora_zoo.LoraPopulation.evaluate_many`).
 
 Every merge takes ``deltas``: a list of ``dict[str, Tensor]``, one per task, with identical keys and shapes.
 A delta is a *task update*: ``W_i - W_base`` for full fine-tunes (:func:`task_vectors`), or, for LoRAs, either
@@ -41,7 +42,7 @@ from uws_core.linalg.numerics import stable_seed_63_masked
 __all__ = ["check_deltas", "task_vectors", "apply_delta", "mean_merge", "task_arithmetic", "ties_merge", "dare_merge",
            "fit_subspace", "subspace_merge", "svd_aligned_merge", "lora_svd_aligned_merge", "sign_agreement",
            "SubspaceBasis", "norm", "ties_trim", "ties_tensor", "TIES_CONVENTIONS",
-           "LoraMergeEvaluator", "vit_accuracy", "vit_validation_indices"]
+           "vit_accuracy"]
 
 Weights = dict[str, torch.Tensor]
 
@@ -343,69 +344,14 @@ def norm(delta: Weights) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-class LoraMergeEvaluator:
-    """Held-out accuracy of merged LoRA states on the tasks of a :class:`uws_core.zoo.lora_zoo.LoraPopulation`.
-
-    Merges ``scaling * B @ A`` of the state into one copy of the base (as ``pop.evaluate`` does) and scores every
-    requested task on it, on one thread with deterministic kernels (the population's evaluation settings)."""
-
-    def __init__(self, pop):
-        self.pop, self.base = pop, None
-
-    def __call__(self, state: Weights | None, tasks: list[str], split: str = "test") -> np.ndarray:
-        import copy
-
-        from uws_core.zoo import tinylm
-        from uws_core.linalg.numerics import compute_settings
-
-        with compute_settings(self.pop.config.num_threads):
-            if self.base is None:
-                self.base = self.pop.load_base()
-            model = self.base
-            if state is not None:
-                model = copy.deepcopy(self.base)
-                tinylm.merge_lora_state(model, state, self.pop.scaling)
-            return np.array([tinylm.accuracy(model, self.pop.tokenizer, self.pop.get_task(t).split(split)).mean()
-                             for t in tasks])
-
-
-def vit_validation_indices(n_train: int, n_val: int, task: str) -> np.ndarray:
-    """A fixed random subset of ``n_val`` indices of a task's train split (seeded by the task name), sorted."""
-    rng = np.random.default_rng(stable_seed_63_masked("vit-validation", task))
-    return np.sort(rng.choice(n_train, size=min(n_val, n_train), replace=False))
-
-
+# LoRA merges are scored by uws_core.zoo.lora_zoo.LoraPopulation.evaluate_many (one merge, every task).
 def vit_accuracy(states: list[Weights], tasks: list[str], config, split: str = "test", n_val: int = 128) -> np.ndarray:
-    """Accuracy of ViT states, each on its own task, batched: ``split`` is ``"test"``, ``"train"`` or ``"val"``
-    (the ViT tasks have no validation split: ``"val"`` is :func:`vit_validation_indices` of the train split,
-    data the fine-tunes were trained on, used only to choose merge hyperparameters)."""
-    from uws_core.zoo.vit_model import evaluate_states, vit_logits
-    from uws_core.zoo.vit_tasks import parse_task, task_data
+    """Accuracy of ViT states, each on its own task, batched (:func:`uws_core.zoo.vit_model.evaluate_states`):
+    ``split`` is ``"test"``, ``"train"`` or ``"val"``. The ViT tasks have no validation split: ``"val"`` is a
+    fixed sample of ``n_val`` examples of the train split (:func:`uws_core.zoo.vit_tasks.train_sample_indices`),
+    data the fine-tunes were trained on, used only to choose merge hyperparameters; all states in one forward."""
+    from uws_core.zoo.vit_model import evaluate_states
 
     if split != "val":
         return evaluate_states(states, tasks, config, split)
-    data = []
-    for t in tasks:
-        x, y = task_data(t, "train", config.test_fraction, config.split_seed)
-        idx = vit_validation_indices(len(y), n_val, t)
-        data.append((torch.from_numpy(x[idx].copy()), torch.from_numpy(y[idx].copy())))
-    n_cls = [parse_task(t).n_classes for t in tasks]
-    n_lab, m = max(n_cls), max(len(y) for _, y in data)
-    params = {}
-    for key in states[0]:
-        ts = [s[key].to(torch.float32) for s in states]
-        if key.startswith("classifier."):  # heads of different sizes: pad, and mask the padded logits below
-            ts = [torch.cat([t, t.new_zeros((n_lab - t.shape[0],) + t.shape[1:])]) for t in ts]
-        params[key] = torch.stack(ts)
-    xs = torch.zeros((len(tasks), m) + data[0][0].shape[1:])
-    ys = torch.full((len(tasks), m), -1, dtype=torch.long)
-    for i, (x, y) in enumerate(data):
-        xs[i, :len(y)], ys[i, :len(y)] = x, y
-    mask = torch.full((len(tasks), 1, n_lab), float("-inf"))
-    for i, c in enumerate(n_cls):
-        mask[i, :, :c] = 0.0
-    from uws_core.linalg.numerics import compute_settings
-
-    with compute_settings(1), torch.no_grad():
-        pred = (vit_logits(params, xs, config) + mask).argmax(-1)  # (G, m)
-    return ((pred == ys).sum(1).double() / torch.tensor([len(y) for _, y in data])).numpy()
+    return evaluate_states(states, tasks, config, "train", chunk=max(1, len(states)), sample=n_val)

@@ -22,6 +22,7 @@ _API = {
     "OPT_OUT": "numerics",
     "PINNED_ENV": "numerics",
     "PINNED_PROFILE": "numerics",
+    "PROGRESS_ENV": "numerics",
     "RECIPES": "recipes",
     "SCALINGS": "recipes",
     "SOURCES": "recipes",
@@ -69,6 +70,7 @@ _API = {
     "principal_angles": "subspace",
     "product_scaling": "recipes",
     "profile": "numerics",
+    "progress_disabled": "numerics",
     "project": "subspace",
     "random_orthonormal_basis": "subspace",
     "reconstruct": "subspace",
@@ -81,6 +83,7 @@ _API = {
     "stable_seed_63_masked": "numerics",
     "stack_spectrum": "spectral",
     "stacked_rows_spectrum": "factored_spectra",
+    "transformers_quiet": "numerics",
     "unfold": "spectral",
     "uses_small_gram": "factored_spectra",
 }

@@ -42,7 +42,8 @@ import platform
 import sys
 
 __all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
-           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "KERNEL_THREADS", "single_thread_kernels",
+           "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet",
+           "progress_disabled", "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
            "stable_seed_32", "stable_seed_63", "stable_seed_63_masked"]
 
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -55,6 +56,8 @@ OPT_OUT = "UWS_NATIVE_KERNELS"
 #: count; and two kernels at a time on a 2-core machine, at 2 threads each, spent about twice their CPU
 #: time as wall time (notebook 04: 94 s wall for 47 s CPU).
 KERNEL_THREADS = "UWS_KERNEL_THREADS"
+#: ``UWS_PROGRESS=0`` turns every progress bar off (:func:`progress_disabled`)
+PROGRESS_ENV = "UWS_PROGRESS"
 
 
 def native_requested(environ=None) -> bool:
@@ -143,33 +146,49 @@ def kernel_report() -> dict:
 
 
 @contextlib.contextmanager
-def compute_settings(num_threads: int = 1, deterministic: bool = True, quiet: bool = True):
-    """Inside the block: ``num_threads`` torch threads, deterministic algorithms, oneDNN off (its kernels
-    are chosen by the CPU), and no transformers progress bars (``quiet``); the caller's settings are
-    restored after. The one context for training, evaluation and the notebooks' heavy cells."""
+def compute_settings(num_threads: int | None = 1, deterministic: bool | None = True, quiet: bool = True,
+                     onednn: bool | None = False):
+    """Inside the block: ``num_threads`` torch threads, deterministic algorithms, oneDNN off (its kernels are
+    chosen by the CPU), and no transformers progress bars (``quiet``); the caller's settings are restored
+    after, also on an error. ``None`` leaves that setting as the caller has it. The one context for the
+    thread count, determinism, oneDNN and transformers' bars: training, evaluation, checkpoint writing and
+    the notebooks' heavy cells all enter it (:func:`transformers_quiet` is its bars-only form)."""
     import torch
 
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    mkldnn = torch.backends.mkldnn.enabled
-    bars = None
-    if quiet:
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-    torch.set_num_threads(int(num_threads))
-    torch.use_deterministic_algorithms(bool(deterministic))
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
-        torch.backends.mkldnn.enabled = mkldnn
-        if bars:
+    with contextlib.ExitStack() as restore:
+        if num_threads is not None:
+            threads = torch.get_num_threads()
+            restore.callback(torch.set_num_threads, threads)
+            torch.set_num_threads(int(num_threads))
+        if deterministic is not None:
+            det = torch.are_deterministic_algorithms_enabled()
+            restore.callback(torch.use_deterministic_algorithms, det)
+            torch.use_deterministic_algorithms(bool(deterministic))
+        if onednn is not None:
+            restore.callback(setattr, torch.backends.mkldnn, "enabled", torch.backends.mkldnn.enabled)
+            torch.backends.mkldnn.enabled = bool(onednn)
+        if quiet:
             from transformers.utils import logging as hf_logging
 
-            hf_logging.enable_progress_bar()
+            if hf_logging.is_progress_bar_enabled():
+                restore.callback(hf_logging.enable_progress_bar)
+            hf_logging.disable_progress_bar()
+        yield
+
+
+def progress_disabled(show: bool = True) -> bool | None:
+    """tqdm's ``disable`` argument for every uws progress bar: True when ``show`` is false or ``UWS_PROGRESS=0``
+    (every bar off), else None: tqdm's own rule, a bar only when its stream is a terminal (none in a pipe, a
+    log, CI or a notebook kernel). Bars only count: they never touch a generator or a tensor."""
+    if not show or os.environ.get(PROGRESS_ENV, "1").strip() == "0":
+        return True
+    return None
+
+
+def transformers_quiet():
+    """:func:`compute_settings` that only turns transformers' progress bars off (threads, determinism and
+    oneDNN as the caller has them): for writing or initialising models outside a computation."""
+    return compute_settings(num_threads=None, deterministic=None, quiet=True, onednn=None)
 
 
 # ------------------------------------------------------------------------------------------------ seeds

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from uws_core.linalg.numerics import transformers_quiet
 from uws_core.weights import dtype_policy, safe_paths
 
 log = logging.getLogger(__name__)
@@ -121,17 +122,9 @@ def save_checkpoint(model, directory: Path | str) -> Path:
     transformers' per-model progress bar (restored afterwards) or its FutureWarnings."""
     import warnings
 
-    import transformers.utils.logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model.save_pretrained(Path(directory), safe_serialization=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with transformers_quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.save_pretrained(Path(directory), safe_serialization=True)
     return Path(directory)
 
 

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from uws_core.linalg.numerics import progress_disabled
 from uws_core.weights import safe_paths
 from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, free_bytes,
                                         move_file, side_dirs, unpublish)
@@ -205,7 +206,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     statuses = ("unlocked", "lock_failed", "locked") if relock else ("unlocked", "lock_failed")
     rows = _select(df, only, limit, statuses, where)
     out = {"family": family, "locked": 0, "failed": [], "kept_locked": int((df["hub_status"] == "locked").sum())}
-    for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=not progress or None), 1):
+    for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=progress_disabled(progress)), 1):
         repo_id = df.at[i, "repo_id"]
         try:
             sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
@@ -306,7 +307,7 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
     staging, rejected = side_dirs(dest)
     report = DownloadReport(family, str(dest), offline)
     rows = _select(df, only, limit, ("locked", "unlocked", "lock_failed", "unresolved", "no_hub_checkpoint"), where)
-    for i in tqdm(rows, desc=f"download {family}", disable=not progress or None):
+    for i in tqdm(rows, desc=f"download {family}", disable=progress_disabled(progress)):
         row = df.iloc[i]
         repo_id, status = row["repo_id"], row["hub_status"]
         if status in ("unresolved", "no_hub_checkpoint", "lock_failed"):

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from uws_core.linalg import recipes
 from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.numerics import progress_disabled
 from uws_core.linalg.spectral import StreamingSpectrum
 from uws_core.weights.adapters import AdapterSet, parse_module_key
 from uws_core.weights.checkpoints import CheckpointSet
@@ -47,7 +48,7 @@ def checkpoint_spectra(cs: CheckpointSet, keys: list[str], unfolding: str, cente
                        device=None) -> dict:
     """Per weight key, the spectrum of the chosen unfolding, streamed one model at a time."""
     out = {}
-    for key in tqdm(keys, desc="weight keys", disable=None):
+    for key in tqdm(keys, desc="weight keys", disable=progress_disabled()):
         acc = StreamingSpectrum(unfolding, center, shape=cs.shape(key), device=device, key=key)
         for name, w in cs.iter_key(key):
             acc.add(w, name=name)
@@ -60,7 +61,7 @@ def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: s
                     device=None, scaling: str = "alpha-over-r") -> dict:
     """Per module key: lora_A and lora_B spectra (the authors-subspace recipe) and the factored B@A spectrum."""
     out = {}
-    for key in tqdm(keys, desc="module keys", disable=None):
+    for key in tqdm(keys, desc="module keys", disable=progress_disabled()):
         b, a = aset.factors(key)  # (N, d_out, r), (N, r, d_in), as stored
         spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
         # P_i = s_i B_i @ A_i, the weight update itself (s_i = alpha_i / r)

@@ -15,6 +15,7 @@ import time
 from tqdm.auto import tqdm
 
 from uws_core.linalg import recipes
+from uws_core.linalg.numerics import progress_disabled
 from uws_core.weights.adapters import AdapterSet, parse_module_key
 from uws_core.linalg.spectral import StreamingSpectrum
 
@@ -93,7 +94,7 @@ def recipe_spectra(pop, kind: str, keys: list[str], recipe: str, scaling: str, k
                         "weight": {**{k_: v for k_, v in res.items() if k_ not in ("layer", "module")},
                                    "authors_n_components": n, "authors_evr": None if n is None else res["evr"][:n]}}
         return out
-    for key in tqdm(keys, desc="module keys", disable=None):
+    for key in tqdm(keys, desc="module keys", disable=progress_disabled()):
         b, a = pop.factors(key)  # (N, d_out, r), (N, r, d_in), as stored
         d_out, r, d_in = pop.shape(key)
         layer, module = parse_module_key(key)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from uws_core.linalg.numerics import progress_disabled
 from uws_core.weights import safe_paths
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ResumeError", "summarize", "key_filename", "write_json_atomic",
@@ -135,7 +136,7 @@ def drive_keys(out: Path, settings: dict, keys: Sequence[str], compute_key: Call
     ``spectra.json`` (settings, ``computed``, ``resumed``, ``too_big`` and every key's result), after ``finish``
     (a recipe's summary step) when given."""
     results, computed, skipped, too_big = {}, [], [], {}
-    bar = tqdm(keys, desc=desc, disable=not progress or None)
+    bar = tqdm(keys, desc=desc, disable=progress_disabled(progress))
     for key in bar:
         path = out / "keys" / (key_filename(key) + ".json")
         if path.is_file() and (old := read_key_result(path, key)) is not None:

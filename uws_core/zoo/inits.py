@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from uws_core.linalg.numerics import progress_disabled, transformers_quiet
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
 
 __all__ = ["architecture_class", "random_init_model", "write_random_inits"]
@@ -67,16 +68,10 @@ def write_random_inits(config_dir: Path | str, n: int, seed: int = 0, cache_dir:
 
     def build(tmp: Path) -> dict:
         from tqdm.auto import tqdm
-        import transformers.utils.logging as hf_logging
 
-        was = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            for s in tqdm(seeds, desc="random inits", disable=not progress):
+        with transformers_quiet():
+            for s in tqdm(seeds, desc="random inits", disable=progress_disabled(progress)):
                 random_init_model(config, s).save_pretrained(tmp / f"seed_{s}", safe_serialization=True)
-        finally:
-            if was:
-                hf_logging.enable_progress_bar()
         return {"source_config": str(path), "architecture": config.architectures[0], "seeds": seeds}
 
     final = build_cached(root / "random_init" / digest, build, FORMAT_VERSION)

@@ -6,8 +6,9 @@ model is a ``LlamaForCausalLM`` with Llama-3's layout at toy size (grouped-query
 gate/up/down, RMSNorm, untied head). :func:`llama_logits` runs ``G`` models at once on stacked parameters
 (G, ...) and equals transformers' forward to float32 round-off (tests/test_llama_model.py checks it);
 :func:`train_models` fully fine-tunes G models together with Adam, and :func:`evaluate_models` gives each
-model's held-out answer loss and exact-match accuracy. :func:`compute_settings` fixes the thread count and
-makes the kernels deterministic, so a build gives the same bits on any machine.
+model's held-out answer loss and exact-match accuracy. The builds run under
+:func:`uws_core.linalg.numerics.compute_settings` (fixed thread count, deterministic kernels), so a build gives
+the same bits on any machine.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from uws_core.zoo import tinylm
 from uws_core.weights.checkpoints import load_checkpoint_state as load_state
 from uws_core.weights.checkpoints import save_checkpoint
 from uws_core.zoo.lr_schedule import warmup_cosine
-from uws_core.linalg.numerics import compute_settings
 from uws_core.zoo.tasks import PAD, CharTokenizer
 
 
@@ -40,7 +40,7 @@ class LlamaSettings(Protocol):
     warmup_frac: float
     weight_decay: float
 
-__all__ = ["llama_config", "init_state", "save_llama", "load_state", "llama_logits", "compute_settings",
+__all__ = ["llama_config", "init_state", "save_llama", "load_state", "llama_logits",
            "train_models", "evaluate_models", "MATRIX_TYPES"]
 
 # the seven weight matrices of a layer, by short name -> key infix (``model.layers.<i>.<infix>.weight``)

@@ -40,13 +40,14 @@ import torch
 from uws_core.zoo import llama_tasks, tinylm
 from uws_core.zoo import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
-from uws_core.zoo.llama_model import (MATRIX_TYPES, _hf_model, compute_settings, evaluate_models, init_state,
+from uws_core.linalg.numerics import compute_settings
+from uws_core.zoo.llama_model import (MATRIX_TYPES, _hf_model, evaluate_models, init_state,
                                   llama_config, llama_logits, load_state, save_llama, train_models)
 from uws_core.zoo.tasks import BaseMixture, CharTokenizer, make_tasks
 
 __all__ = ["LlamaZooConfig", "LlamaPopulation", "build_llama_population", "llama_config", "init_state",
            "llama_logits", "train_models", "evaluate_models", "save_llama", "load_state", "unseen_finetune",
-           "compute_settings", "MATRIX_TYPES"]
+           "MATRIX_TYPES"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the files or the training code (uws_core.zoo.llama_model) change meaning
@@ -254,15 +255,7 @@ def build_llama_population(config: LlamaZooConfig | None = None,
     final = Path(cache_dir or default_cache_dir()) / "llama" / cfg.digest()
 
     def build(tmp: Path) -> dict:
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            with compute_settings(cfg.num_threads):
-                return _build(cfg, tmp)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        with compute_settings(cfg.num_threads):  # transformers' bars off too
+            return _build(cfg, tmp)
 
     return LlamaPopulation(build_cached(final, build, FORMAT_VERSION), cfg)

@@ -189,7 +189,6 @@ class LoraPopulation:
             raise KeyError(f"population {self.root.name} has no adapter {adapter!r}")
         return hit.iloc[0]
 
-    @torch.no_grad()
     def evaluate(self, task_name: str, lora_state: dict | None = None, split: str = "test",
                  scaling: float | None = None) -> float:
         """Exact-match accuracy of the base (+ ``scaling * B @ A`` of a PEFT-keyed LoRA state) on a split.
@@ -198,7 +197,15 @@ class LoraPopulation:
         ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``), any rank; it is merged into a
         copy of the base weights. ``scaling`` defaults to the population's ``lora_alpha / lora_r``.
         """
-        examples = self.get_task(task_name).split(split)
+        return float(self.evaluate_many([task_name], lora_state, split, scaling)[0])
+
+    @torch.no_grad()
+    def evaluate_many(self, task_names: list[str], lora_state: dict | None = None, split: str = "test",
+                      scaling: float | None = None) -> np.ndarray:
+        """:meth:`evaluate` of one state on several tasks (float64 (n_tasks,)): the state is merged into the base
+        once and every task scored on that model, under the population's compute settings (the merge
+        experiments score each merged state this way)."""
+        examples = [self.get_task(t).split(split) for t in task_names]
         with compute_settings(self.config.num_threads):
             if self._base is None:
                 self._base = self.load_base()
@@ -206,7 +213,7 @@ class LoraPopulation:
             if lora_state is not None:
                 model = copy.deepcopy(self._base)
                 tinylm.merge_lora_state(model, lora_state, self.scaling if scaling is None else scaling)
-            return float(tinylm.accuracy(model, self.tokenizer, examples).mean())
+            return np.array([tinylm.accuracy(model, self.tokenizer, ex).mean() for ex in examples])
 
 
 # ---------------------------------------------------------------------------------------------- build

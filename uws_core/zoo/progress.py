@@ -1,7 +1,8 @@
 """Progress bars for the long steps (population training, ``reproduce``): tqdm on stderr, only for a person.
 
 A bar is shown when stderr is a terminal and ``UWS_PROGRESS`` is not ``0``; in a pipe, a log file, CI or a
-notebook kernel it is disabled (no output at all), and ``UWS_PROGRESS=0`` turns every bar off. Bars never
+notebook kernel it is disabled (no output at all), and ``UWS_PROGRESS=0`` turns every bar off (the rule of
+:func:`uws_core.linalg.numerics.progress_disabled`, which the CLI's and the weight loops' bars follow too). Bars never
 touch a random number generator or a tensor: they only count, so a build with bars gives the same bits as
 one without (``python -m uws_core.zoo.populations --tiny`` compares the fingerprints).
 
@@ -14,8 +15,9 @@ worker gets a slot (:func:`set_slot`), and its bars take the terminal lines ``1 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
+
+from uws_core.linalg.numerics import progress_disabled
 
 __all__ = ["enabled", "bar", "set_slot", "labelled"]
 
@@ -23,8 +25,9 @@ _state = {"slot": None, "label": ""}
 
 
 def enabled() -> bool:
-    """True when bars should be drawn: ``UWS_PROGRESS`` is not ``0`` and stderr is a terminal."""
-    if os.environ.get("UWS_PROGRESS", "1").strip() == "0":
+    """True when bars should be drawn: ``UWS_PROGRESS`` is not ``0`` and stderr is a terminal
+    (:func:`uws_core.linalg.numerics.progress_disabled`, the rule of every uws bar)."""
+    if progress_disabled():
         return False
     try:
         return sys.stderr.isatty()

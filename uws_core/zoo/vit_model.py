@@ -23,7 +23,7 @@ from uws_core.weights.checkpoints import load_checkpoint_state as load_state
 from uws_core.weights.checkpoints import save_checkpoint
 from uws_core.zoo.lr_schedule import warmup_cosine
 from uws_core.linalg.numerics import compute_settings
-from uws_core.zoo.vit_tasks import IMAGE_SIZE, parse_task, task_data
+from uws_core.zoo.vit_tasks import IMAGE_SIZE, parse_task, task_data, train_sample_indices
 
 
 class VitSettings(Protocol):
@@ -39,7 +39,8 @@ class VitSettings(Protocol):
     test_fraction: float
     split_seed: int
 
-__all__ = ["vit_config", "init_state", "save_vit", "load_state", "vit_logits", "train_models", "evaluate_states"]
+__all__ = ["vit_config", "init_state", "save_vit", "load_state", "vit_logits", "train_models", "stacked_accuracy",
+           "evaluate_states", "pad_examples", "class_mask"]
 
 log = logging.getLogger(__name__)
 # Training runs on one thread (restored afterwards): the same bits whatever the machine's core count, and at
@@ -112,11 +113,6 @@ def save_vit(state: dict[str, torch.Tensor], directory: Path | str, config: VitS
     return save_checkpoint(model, directory)
 
 
-def _single_thread():
-    """:func:`uws_core.linalg.numerics.compute_settings` on TRAIN_THREADS threads (pinned kernels, oneDNN off)."""
-    return compute_settings(TRAIN_THREADS)
-
-
 def _linear(x, w, b):
     """Per-model affine map: x (G, M, d_in), w (G, d_out, d_in), b (G, d_out) -> (G, M, d_out)."""
     return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
@@ -186,7 +182,8 @@ def _unstack_states(params: dict[str, torch.Tensor], n_classes: list[int]) -> li
              for k, v in params.items()} for i in range(len(n_classes))]
 
 
-def _pad_data(arrays: list[np.ndarray], fill) -> torch.Tensor:
+def pad_examples(arrays: list[np.ndarray], fill) -> torch.Tensor:
+    """G arrays (n_g, ...) as one tensor (G, max n_g, ...), the missing rows set to ``fill``."""
     n = max(len(a) for a in arrays)
     out = np.full((len(arrays), n, *arrays[0].shape[1:]), fill, dtype=arrays[0].dtype)
     for i, a in enumerate(arrays):
@@ -194,11 +191,11 @@ def _pad_data(arrays: list[np.ndarray], fill) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _class_mask(n_classes: list[int], n_labels: int) -> torch.Tensor:
+def class_mask(n_classes: list[int], n_labels: int) -> torch.Tensor:
     """(G, 1, n_labels): 0 for a model's own classes, -inf for padded head rows."""
     m = torch.full((len(n_classes), 1, n_labels), float("-inf"))
     for i, c in enumerate(n_classes):
-        m[i, :, :c] = 0.0
+        m[i, :, :int(c)] = 0.0
     return m
 
 
@@ -214,7 +211,7 @@ def train_models(states: list[dict], tasks: list[str], lrs, epochs, weight_decay
     ``update(1)`` and ``reset(total)`` (a tqdm bar), reset to the group's step count and updated after every
     step; it only counts.
     """
-    with _single_thread():
+    with compute_settings(TRAIN_THREADS):
         return _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, progress)
 
 
@@ -224,7 +221,7 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, prog
     data = [task_data(t, "train", config.test_fraction, config.split_seed) for t in tks]
     n_classes = [t.n_classes for t in tks]
     n_labels = max(n_classes)
-    xs, ys = _pad_data([d[0] for d in data], 0.0), _pad_data([d[1] for d in data], 0)
+    xs, ys = pad_examples([d[0] for d in data], 0.0), pad_examples([d[1] for d in data], 0)
     steps = [int(math.ceil(e * len(d[1]) / bs)) for e, d in zip(epochs, data)]
     order = []  # per model: the example index of every step's batch, from concatenated shuffled epochs
     for (_, y), s, seed in zip(data, steps, seeds):
@@ -234,7 +231,7 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, prog
     params = {k: v.requires_grad_() for k, v in _stack_states(states, n_labels).items()}
     m1 = {k: torch.zeros_like(v) for k, v in params.items()}
     m2 = {k: torch.zeros_like(v) for k, v in params.items()}
-    mask = _class_mask(n_classes, n_labels)
+    mask = class_mask(n_classes, n_labels)
     wd = torch.tensor(weight_decays, dtype=torch.float32)
     b1, b2, adam_eps = 0.9, 0.999, 1e-8
     losses = [[] for _ in range(g)]
@@ -269,31 +266,49 @@ def _train_models(states, tasks, lrs, epochs, weight_decays, seeds, config, prog
     return _unstack_states(params, n_classes), [float(np.mean(v)) for v in losses]
 
 
+@torch.no_grad()
+def stacked_accuracy(params: dict[str, torch.Tensor], images: list[np.ndarray], labels: list[np.ndarray], n_classes,
+                     config: VitSettings, chunk: int | None = None) -> np.ndarray:
+    """Accuracy (float64 (G,)) of G stacked models (``params`` (G, ...), heads zero-padded to a common
+    ``n_labels`` rows), model g on ``images[g]`` (n_g, 8, 8) / ``labels[g]`` (n_g,): the examples padded to the
+    longest (label -1, never counted), the logits of head rows beyond ``n_classes[g]`` set to -inf, ``chunk``
+    examples per forward (None: all at once). The one ViT accuracy: the population's records
+    (:func:`evaluate_states`), merging's and the adaptation runs' scores all come from here. Runs under the
+    caller's compute settings."""
+    xs, ys = pad_examples(images, 0.0), pad_examples(labels, -1)                    # (G, m, 8, 8), (G, m)
+    mask = class_mask(n_classes, params["classifier.weight"].shape[1])              # (G, 1, n_labels)
+    step = max(1, xs.shape[1] if chunk is None else int(chunk))
+    correct = torch.zeros(len(labels), dtype=torch.float64)
+    for i in range(0, xs.shape[1], step):
+        pred = (vit_logits(params, xs[:, i:i + step], config) + mask).argmax(-1)    # (G, chunk)
+        correct += (pred == ys[:, i:i + step]).sum(1).double()
+    return (correct / torch.tensor([len(y) for y in labels], dtype=torch.float64)).numpy()
+
+
 def evaluate_states(states: list[dict], tasks: list[str], config: VitSettings, split: str = "test",
-                    chunk: int = 32) -> np.ndarray:
-    """Accuracy of each state on its own task's ``split`` (float64 (G,)), ``chunk`` models per forward,
-    on ``TRAIN_THREADS`` threads (the same logits, bit for bit, as when the records were written)."""
+                    chunk: int = 32, sample: int | None = None) -> np.ndarray:
+    """Accuracy of each state on its own task's ``split`` (float64 (G,)): :func:`stacked_accuracy` of ``chunk``
+    models per forward, on ``TRAIN_THREADS`` threads (the same logits, bit for bit, as when the records were
+    written). ``sample``: only :func:`uws_core.zoo.vit_tasks.train_sample_indices` ``(n, sample, task)`` of the
+    split's n examples (merging's ``"val"``; None: the whole split)."""
     if len(states) != len(tasks):
         raise ValueError(f"{len(states)} states but {len(tasks)} tasks")
-    with _single_thread(), torch.no_grad():
-        return _evaluate_states(states, tasks, config, split, chunk)
-
-
-def _evaluate_states(states, tasks, config, split, chunk):
     out = np.zeros(len(states))
-    for i0 in range(0, len(states), chunk):
-        sts, tks = states[i0:i0 + chunk], [parse_task(t) for t in tasks[i0:i0 + chunk]]
-        for s, t in zip(sts, tks):
-            if s["classifier.weight"].shape[0] != t.n_classes:
-                raise ValueError(f"a state with a {s['classifier.weight'].shape[0]}-class head cannot be "
-                                 f"evaluated on task {t.name!r} ({t.n_classes} classes)")
-        data = [task_data(t, split, config.test_fraction, config.split_seed) for t in tks]
-        n_classes = [t.n_classes for t in tks]
-        n_labels = max(n_classes)
-        xs, ys = _pad_data([d[0] for d in data], 0.0), _pad_data([d[1] for d in data], -1)
-        logits = vit_logits(_stack_states(sts, n_labels), xs, config) + _class_mask(n_classes, n_labels)
-        correct = (logits.argmax(-1) == ys).sum(dim=1).double()  # padded examples (label -1) never count
-        out[i0:i0 + len(sts)] = (correct / torch.tensor([len(d[1]) for d in data])).numpy()
+    with compute_settings(TRAIN_THREADS), torch.no_grad():
+        for i0 in range(0, len(states), chunk):
+            sts, names = states[i0:i0 + chunk], tasks[i0:i0 + chunk]
+            tks = [parse_task(t) for t in names]
+            for s, t in zip(sts, tks):
+                if s["classifier.weight"].shape[0] != t.n_classes:
+                    raise ValueError(f"a state with a {s['classifier.weight'].shape[0]}-class head cannot be "
+                                     f"evaluated on task {t.name!r} ({t.n_classes} classes)")
+            data = [task_data(t, split, config.test_fraction, config.split_seed) for t in tks]
+            if sample is not None:  # seeded by the task name as the caller wrote it
+                data = [(x[idx], y[idx]) for (x, y), name in zip(data, names)
+                        for idx in [train_sample_indices(len(y), sample, name)]]
+            n_classes = [t.n_classes for t in tks]
+            out[i0:i0 + len(sts)] = stacked_accuracy(_stack_states(sts, max(n_classes)), [d[0] for d in data],
+                                                     [d[1] for d in data], n_classes, config)
     return out
 
 

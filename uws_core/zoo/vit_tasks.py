@@ -26,10 +26,12 @@ from functools import lru_cache
 import numpy as np
 
 from uws_core.linalg.numerics import stable_seed_63 as stable_seed  # the ViT tasks' 63-bit seeds
+from uws_core.linalg.numerics import stable_seed_63_masked
 from scipy import ndimage
 
 __all__ = ["LABEL_MAPS", "TRANSFORMS", "VitTask", "load_digit_images", "split_indices", "apply_transform",
-           "parse_task", "task_name", "task_data", "stable_seed", "finetune_plan", "scratch_plan"]
+           "parse_task", "task_name", "task_data", "train_sample_indices", "held_out_split", "stable_seed",
+           "finetune_plan", "scratch_plan"]
 
 IMAGE_SIZE = 8
 
@@ -214,6 +216,36 @@ def _task_data(task: VitTask, split: str, test_fraction: float, split_seed: int)
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
+
+
+# ------------------------------------------------------------------------------------- validation subsets
+# The ViT tasks have only train / test. Two experiments choose hyperparameters on a subset of the train split,
+# each its own way (each keeps the examples its results were computed on):
+
+def train_sample_indices(n_train: int, n: int, task: str) -> np.ndarray:
+    """A fixed sample of ``min(n, n_train)`` indices of a task's train split, drawn without replacement from a
+    generator seeded by the task name (as passed), sorted. Examples the fine-tunes were **trained on** (not held
+    out): merging's ``"val"`` split (:func:`uws_core.experiments.merging.vit_accuracy`), used only to choose merge
+    hyperparameters."""
+    rng = np.random.default_rng(stable_seed_63_masked("vit-validation", task))
+    return np.sort(rng.choice(n_train, size=min(n, n_train), replace=False))
+
+
+def held_out_split(task: str, config, val_fraction: float = 0.2, n_train: int | None = None) -> dict:
+    """Train / val / test images (n, 8, 8) and labels of one task, with ``val`` **held out** of training: a
+    permutation of the train split seeded by the task name, its first ``round(val_fraction * n)`` examples are
+    ``val``, the rest (their first ``n_train`` when given) ``train``; ``test`` is the task's test split. The
+    adaptation runs' split (:mod:`uws_core.experiments.adaptation_tasks`). ``config`` gives ``test_fraction``
+    and ``split_seed`` (a :class:`uws_core.zoo.vit_zoo.VitZooConfig`)."""
+    x, y = task_data(task, "train", config.test_fraction, config.split_seed)
+    perm = np.random.default_rng(stable_seed(task, "adaptation-val")).permutation(len(y))
+    n_val = int(round(val_fraction * len(y)))
+    tr = np.sort(perm[n_val:][:n_train])
+    va = np.sort(perm[:n_val])
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(f"task {task!r}: {len(tr)} train / {len(va)} val examples after the split")
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]),
+            "test": task_data(task, "test", config.test_fraction, config.split_seed)}
 
 
 # ------------------------------------------------------------------------------------------------ plans
