@@ -24,7 +24,7 @@ def test_make_lab_installs_the_kernel_into_the_venv_and_opens_the_notebooks():
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
     # -n: print, run nothing; -o: take the venv as installed
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "lab"], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "lab"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]

@@ -77,7 +77,7 @@ def test_make_site_runs_the_module():
     if shutil.which("make") is None:
         pytest.skip("no make on this machine")
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", "site"], cwd=repo, capture_output=True, text=True,
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "site"], cwd=repo, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == ".venv/bin/python -m uws_core.report.site"
