@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``views``.
+Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_data``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -24,7 +24,10 @@ _API = {
     "ProductLeaveOneOut": "lora_projection",
     "RECIPES": "lora_projection",
     "SubspaceBasis": "merging",
+    "TASK_FILES": "task_data",
     "TIES_CONVENTIONS": "merging",
+    "TaskDataError": "task_data",
+    "TaskExample": "task_data",
     "apply_delta": "merging",
     "basis_only_accuracy": "replication_loo",
     "basis_only_reconstructions": "replication_loo",
@@ -40,6 +43,7 @@ _API = {
     "functional_forward": "adaptation",
     "in_sample_relative_errors": "replication_loo",
     "lm_loss_fn": "adaptation_tasks",
+    "load_task_split": "task_data",
     "loo_reconstruction_accuracy": "lora_loo_accuracy",
     "loo_reconstructions": "lora_projection",
     "loo_relative_errors": "lora_projection",
@@ -65,6 +69,8 @@ _API = {
     "svd_aligned_merge": "merging",
     "sweep_then_seeds": "adaptation",
     "task_arithmetic": "merging",
+    "task_list": "task_data",
+    "task_manifest_from_loras": "task_data",
     "task_vector_basis": "adaptation",
     "task_vectors": "merging",
     "ties_merge": "merging",
