@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_data``, ``task_eval``, ``task_scores``, ``views``.
+Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -34,6 +34,7 @@ _API = {
     "TaskDataError": "task_data",
     "TaskEvalError": "task_eval",
     "TaskExample": "task_data",
+    "add_evaluate_parser": "task_eval_cli",
     "apply_delta": "merging",
     "basis_only_accuracy": "replication_loo",
     "basis_only_reconstructions": "replication_loo",
@@ -75,6 +76,7 @@ _API = {
     "ratio": "compression",
     "read_results": "task_eval",
     "rouge_l": "task_scores",
+    "run_evaluate": "task_eval_cli",
     "savings": "compression",
     "score_prediction": "task_scores",
     "sign_agreement": "merging",

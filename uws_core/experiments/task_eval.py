@@ -244,13 +244,14 @@ def evaluate_task(ev: Evaluator, examples: list[TaskExample], out_dir: Path | st
     path = safe_paths.contained(out_dir, f"{run}/{task}.jsonl", f"results of {task}")
     meta_path = safe_paths.contained(out_dir, f"{run}/{task}.meta.json", f"results of {task}")
     _check_meta(meta_path, {**(meta or {}), "task": task, "decoding": asdict(decoding), "prompt": PROMPT,
-                            "precision": ev.precision, "examples": hashlib.sha256(
-                                json.dumps([asdict(e) for e in examples]).encode()).hexdigest()})
+                            "precision": ev.precision})
     done = read_results(path)
     by_id = {e.id: e for e in examples}
-    unknown = [r["id"] for r in done if r["id"] not in by_id]
-    if unknown:
-        raise TaskEvalError(f"results file {path}: id {unknown[0]!r} is not in the task's examples")
+    for r in done:  # a larger --limit extends a run; changed data does not
+        if r["id"] not in by_id or tuple(r.get("references", ())) != by_id[r["id"]].references:
+            raise TaskEvalError(f"results file {path}: example id {r['id']!r} is "
+                                + ("not in the task's data" if r["id"] not in by_id else "scored against other "
+                                   "references than the task's data now holds") + "; use another run name")
     seen = {r["id"] for r in done}
     todo = sorted((e for e in examples if e.id not in seen), key=lambda e: -len(e.input))  # similar lengths batched
     if ev.device == "cuda":
@@ -280,21 +281,28 @@ def evaluate_task(ev: Evaluator, examples: list[TaskExample], out_dir: Path | st
 
 
 def evaluate_tasks(ev: Evaluator, task_dirs: dict[str, Path], out_dir: Path | str, run: str,
-                   adapter: str | Path | None = None, decoding: str = "greedy", batch_size: int = 8,
+                   adapter: str | Path | dict | None = None, decoding: str = "greedy", batch_size: int = 8,
                    limit: int | None = None, split: str = "test", n_boot: int = 2000, progress: bool = True) -> dict:
-    """Evaluate one adapter (or the base, ``adapter=None``) on several tasks; writes ``summary.csv``, ``run.json``.
+    """Evaluate an adapter (or the base, ``adapter=None``) on several tasks; writes ``summary.csv``, ``run.json``.
 
-    ``task_dirs``: task name -> local dataset directory. Returns ``{"summary", "records", "timing", "run_dir"}``."""
+    ``task_dirs``: task name -> local dataset directory; ``adapter``: one directory for every task, or task name ->
+    directory (e.g. each held-out task's own reconstruction). Returns ``{"summary", "records", "timing",
+    "run_dir"}``."""
     if decoding not in DECODINGS:
         raise TaskEvalError(f"decoding must be one of {sorted(DECODINGS)}, got {decoding!r}")
     safe_paths.check_relative_name(run, "run name")
-    ev.use_adapter(adapter)
-    meta = {"base": ev.base, "adapter": str(adapter) if adapter else None, "split": split, "limit": limit,
-            "adapter_sha256": _sha256(Path(adapter) / "adapter_model.safetensors") if adapter else None}
+    adapters = adapter if isinstance(adapter, dict) else dict.fromkeys(task_dirs, adapter)
+    missing = [t for t in task_dirs if t not in adapters]
+    if missing:
+        raise TaskEvalError(f"run {run!r}: no adapter for task(s) {missing}")
     out_dir = Path(out_dir)
     cache = safe_paths.contained(out_dir, ".datasets_cache")
-    records, timing = [], []
+    records, timing, meta = [], [], {}
     for task, d in task_dirs.items():
+        a = adapters[task]
+        ev.use_adapter(a)
+        meta = {"base": ev.base, "adapter": str(a) if a else None, "split": split,
+                "adapter_sha256": _sha256(Path(a) / "adapter_model.safetensors") if a else None}
         examples = load_task_split(d, split, cache_dir=cache, limit=limit)
         rec, t = evaluate_task(ev, examples, out_dir, run, task, DECODINGS[decoding], batch_size,
                                {**meta, "data": str(d)}, progress)
@@ -307,6 +315,7 @@ def evaluate_tasks(ev: Evaluator, task_dirs: dict[str, Path], out_dir: Path | st
     run_dir = safe_paths.contained(out_dir, run)
     safe_paths.write_text_atomic(run_dir / "summary.csv", summary.to_csv(index=False))
     safe_paths.write_text_atomic(run_dir / "run.json", json.dumps(
-        {**meta, "precision": ev.precision, "device": ev.device, "decoding": asdict(DECODINGS[decoding]),
+        {"base": ev.base, "split": split, "limit": limit, "adapters": {t: str(a) if a else None for t, a in
+                                                                       adapters.items()}, "precision": ev.precision, "device": ev.device, "decoding": asdict(DECODINGS[decoding]),
          "timing": timing}, indent=1))
     return {"summary": summary, "records": records, "timing": timing, "run_dir": run_dir}
