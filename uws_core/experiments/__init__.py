@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
+Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -53,6 +53,7 @@ _API = {
     "fit_subspace": "merging",
     "full_numbers": "compression",
     "functional_forward": "adaptation",
+    "heldout_variants": "task_adapters",
     "in_sample_relative_errors": "replication_loo",
     "lm_loss_fn": "adaptation_tasks",
     "load_task_split": "task_data",
@@ -66,6 +67,7 @@ _API = {
     "lora_view_spectra": "views",
     "mean_merge": "merging",
     "mean_of_others": "lora_projection",
+    "merge_variants": "task_adapters",
     "norm": "merging",
     "normalize_answer": "task_scores",
     "peft_factor_merge": "peft_merge",
@@ -100,6 +102,8 @@ _API = {
     "vit_split": "adaptation_tasks",
     "vit_validation_indices": "merging",
     "with_scaling": "replication_loo",
+    "write_adapter_state": "task_adapters",
+    "write_variants": "task_adapters",
 }
 
 __all__ = sorted(_API)
