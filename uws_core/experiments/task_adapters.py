@@ -97,12 +97,18 @@ def write_variants(variants: dict[str, tuple[dict, float]], out: Path | str, tas
 
 
 # ---------------------------------------------------------------------------------------------- paper scale
-def _adapter_dirs(root: Path, ids: list[str]) -> dict[str, Path]:
+def _adapter_dirs(root: Path, ids: list[str], extra: dict[str, Path] | None = None) -> dict[str, Path]:
+    """task id -> adapter directory: ``extra`` first (adapters outside the manifest), else the manifest's entry."""
     from uws_core.weights.manifests import load_manifest, local_dir
 
     m = load_manifest("mistral7b_loras").set_index("task_id")
     out = {}
     for t in ids:
+        if t in (extra or {}):
+            out[t] = Path(extra[t])
+            continue
+        if t not in m.index:
+            raise KeyError(f"task {t!r} has no adapter in data_manifests/mistral7b_loras.csv; pass --extra {t}=DIR")
         d = local_dir(root, m.at[t, "repo_id"])
         if d is None:
             raise FileNotFoundError(f"adapter {m.at[t, 'repo_id']} (task {t}) is not under {root}; run `uws download "
@@ -125,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                                                            "adapters; OOD: projected on all 492)")
     p.add_argument("--tasks", help="merge: comma-separated task ids merged (e.g. the replication's 8)")
     p.add_argument("--ks", default="16", help="loo: comma-separated k")
+    p.add_argument("--extra", action="append", default=[], metavar="TASK=DIR",
+                   help="merge: an adapter not in the manifest (the replication's task020, task046)")
     a = p.parse_args(argv)
+    extra = dict(e.split("=", 1) for e in a.extra)
     loras = load_manifest("mistral7b_loras")
     if a.what == "merge":
         ids = [t.strip() for t in (a.tasks or "").split(",") if t.strip()]
-        dirs = _adapter_dirs(a.adapters_root, ids)
+        dirs = _adapter_dirs(a.adapters_root, ids, extra)
         stack = LoraStack.from_adapter_set(AdapterSet.from_dirs(list(dirs.values()), ids))
         merged = merge_variants(stack)
         for t, d in dirs.items():

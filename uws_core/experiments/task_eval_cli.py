@@ -26,7 +26,8 @@ def add_evaluate_parser(sub) -> None:
     what.add_argument("--adapter", type=Path, help="PEFT adapter directory (omit: the base alone)")
     what.add_argument("--variants", type=Path, help="DIR/<task id>/<variant>/: every variant on its own task")
     se.add_argument("--run", help="run name (default: the adapter directory's name, or 'base')")
-    se.add_argument("--task-data", type=Path, nargs="+", help="local task dataset directories")
+    se.add_argument("--task-data", nargs="+", metavar="[TASK=]DIR",
+                    help="local task dataset directories (named after the directory, or TASK=DIR)")
     se.add_argument("--data-root", type=Path, help="where `uws download lots_of_loras_tasks` put the datasets")
     se.add_argument("--which", choices=("iid", "ood"), help="the authors' 10 IID or 10 OOD tasks (with --data-root)")
     se.add_argument("--tasks", help="comma-separated task ids (with --data-root), e.g. task280,task190")
@@ -49,7 +50,8 @@ def _task_dirs(args) -> dict[str, Path]:
     if args.task_data:
         if args.data_root or args.which or args.tasks:
             raise TaskEvalError("give either --task-data or --data-root with --which / --tasks")
-        return {Path(d).name: Path(d) for d in args.task_data}
+        named = [d.split("=", 1) if "=" in d else (Path(d).name, d) for d in args.task_data]
+        return {name: Path(d) for name, d in named}
     if not args.data_root:
         raise TaskEvalError("say which tasks: --task-data DIR ... or --data-root ROOT (--which iid|ood or --tasks)")
     m = load_manifest("lots_of_loras_tasks")
