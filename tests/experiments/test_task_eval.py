@@ -64,6 +64,15 @@ def test_bootstrap_cis():
         summarize(recs.drop(columns="exact_match"))
 
 
+def test_gpu_memory_figures_quoted_in_docs():
+    from uws_core.experiments.task_eval import generation_memory_bytes
+
+    greedy = generation_memory_bytes(batch=8, prompt_tokens=1000)
+    assert greedy["kv_per_token"] == 128 * 1024 and greedy["weights"] / 1e9 == pytest.approx(14.5, abs=0.05)
+    assert greedy["kv_cache"] / 1e9 == pytest.approx(1.1, abs=0.05)
+    assert generation_memory_bytes(batch=8, prompt_tokens=1000, beams=4)["kv_cache"] / 1e9 == pytest.approx(4.3, abs=0.05)
+
+
 # ---------------------------------------------------------------------------------------------- tiny models
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

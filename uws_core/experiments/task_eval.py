@@ -41,7 +41,10 @@ from uws_core.experiments.task_scores import score_prediction, summarize
 from uws_core.weights import safe_paths
 
 __all__ = ["PROMPT", "Decoding", "DECODINGS", "TaskEvalError", "Evaluator", "build_prompt", "evaluate_task",
-           "evaluate_tasks", "read_results"]
+           "evaluate_tasks", "read_results", "MISTRAL_7B", "generation_memory_bytes"]
+
+#: Mistral-7B-Instruct-v0.2's sizes (its config.json): parameters, layers, KV heads, head dim
+MISTRAL_7B = {"params": 7_241_732_096, "layers": 32, "kv_heads": 8, "head_dim": 128}
 
 PROMPT = ("Below is an instruction that describes a task with clear examples. Write a response that appropriately "
           "completes the task to the best of your ability.\n### Instruction :\n{input}")
@@ -72,6 +75,16 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def generation_memory_bytes(batch: int, prompt_tokens: int, beams: int = 1, new_tokens: int = 32,
+                            weight_bytes: float = 2.0, model: dict = MISTRAL_7B) -> dict[str, float]:
+    """GPU memory of generation from the model's size: ``weights = params x weight_bytes``; the key/value cache
+    ``2 x layers x kv_heads x head_dim x 2 B`` (bfloat16) per token and sequence, for ``batch x beams`` sequences
+    of ``prompt_tokens + new_tokens``. Activations and the allocator's slack are not included."""
+    per_token = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * 2
+    kv = batch * beams * (prompt_tokens + new_tokens) * per_token
+    return {"weights": model["params"] * weight_bytes, "kv_cache": float(kv), "kv_per_token": float(per_token)}
 
 
 class Evaluator:
