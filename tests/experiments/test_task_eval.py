@@ -202,16 +202,23 @@ def test_uws_evaluate_on_adapters_and_tasks_downloaded_from_the_emulated_hub(tin
                                            "--limit", "2")
         s.uws("download", lora_csv, "--only", "^alice/", "--dest", s.dest / "loras")
         s.uws("download", task_csv, "--where", "split=eval;ood_test", "--limit", "2", "--dest", s.dest / "data")
-    out = tmp_path / "eval"
-    # the committed manifest names the tasks: --data-root + --tasks finds the downloaded datasets
-    cmd = [sys.executable, "-m", "uws_core.cli", "evaluate", "--base", tiny["base"], "--adapter",
-           s.dest / "loras" / lora_ids[0], "--data-root", s.dest / "data", "--tasks", "task280,task190",
-           "--out", out, "--batch-size", "2"]
-    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=s.env, timeout=600)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        # the base from the hub at a pinned commit (main moves on to a broken config afterwards)
+        base_sha = hub.commit("mistralai/Mistral-7B-Instruct-v0.2", {p.name: p.read_bytes()
+                                                                     for p in tiny["base"].iterdir()})
+        hub.commit("mistralai/Mistral-7B-Instruct-v0.2", {"config.json": b"{}"})
+        out = tmp_path / "eval"
+        # the committed manifest names the tasks: --data-root + --tasks finds the downloaded datasets
+        cmd = [sys.executable, "-m", "uws_core.cli", "evaluate", "--base", "mistralai/Mistral-7B-Instruct-v0.2",
+               "--base-revision", base_sha, "--adapter", s.dest / "loras" / lora_ids[0], "--data-root",
+               s.dest / "data", "--tasks", "task280,task190", "--out", out, "--batch-size", "2"]
+        proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=s.env, timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert any(f"/resolve/{base_sha}/model.safetensors" in p for _, p, _ in hub.requests)
+    assert f"Mistral-7B-Instruct-v0.2@{base_sha}" in proc.stdout
     assert "tiny-mistral-task280: ROUGE-L" in proc.stdout and "over 2 task(s), 6 examples" in proc.stdout
     summary = pd.read_csv(out / "tiny-mistral-task280" / "summary.csv").set_index("task")
     assert list(summary.index) == ["task280", "task190", "ALL"] and (summary["n"] == [3, 3, 6]).all()
-    bad = subprocess.run(list(map(str, cmd[:10] + ["--tasks", "task99999", "--out", out])), capture_output=True, text=True,
-                         env=s.env, timeout=600)
+    cmd[5:8] = [tiny["base"]]  # a local base, no hub
+    bad = subprocess.run(list(map(str, cmd[:10] + ["--tasks", "task99999", "--out", out])), capture_output=True,
+                         text=True, env=s.env, timeout=600)
     assert bad.returncode == 2 and "task 'task99999' is not in data_manifests/lots_of_loras_tasks.csv" in bad.stderr

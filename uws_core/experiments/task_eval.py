@@ -88,12 +88,14 @@ def generation_memory_bytes(batch: int, prompt_tokens: int, beams: int = 1, new_
 
 
 class Evaluator:
-    """A base model and its tokenizer, loaded once; adapters are swapped in and out (``peft``).
+    """A base model and its tokenizer (a local directory, or a hub id at a pinned ``revision``), loaded once;
+    adapters are swapped in and out (``peft``).
 
     ``quantize``: ``"none"`` (bfloat16 on a GPU, float32 on a CPU), ``"4bit"`` (NF4 via bitsandbytes; refused
     without bitsandbytes and a GPU) or ``"auto"`` (4-bit when both exist, else ``"none"``)."""
 
-    def __init__(self, base: str | Path, quantize: str = "none", device: str | None = None):
+    def __init__(self, base: str | Path, quantize: str = "none", device: str | None = None,
+                 revision: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if quantize not in ("none", "4bit", "auto"):
@@ -117,8 +119,13 @@ class Evaluator:
         else:
             kw["dtype"] = torch.bfloat16 if self.device == "cuda" else torch.float32
             self.precision = "bfloat16" if self.device == "cuda" else "float32"
+        kw["use_safetensors"] = True  # never a pickle
+        self.revision = revision  # a hub id's pinned commit (ignored for a local directory)
+        if revision and not Path(self.base).exists():
+            kw["revision"] = revision
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.base)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.base, **({"revision": revision} if "revision" in kw
+                                                                         else {}))
             self.model = AutoModelForCausalLM.from_pretrained(self.base, **kw)
         except (OSError, ValueError) as exc:
             raise TaskEvalError(f"base model {self.base}: cannot load ({str(exc).splitlines()[0][:300]})") from None
@@ -314,7 +321,7 @@ def evaluate_tasks(ev: Evaluator, task_dirs: dict[str, Path], out_dir: Path | st
     for task, d in task_dirs.items():
         a = adapters[task]
         ev.use_adapter(a)
-        meta = {"base": ev.base, "adapter": str(a) if a else None, "split": split,
+        meta = {"base": ev.base, "base_revision": ev.revision, "adapter": str(a) if a else None, "split": split,
                 "adapter_sha256": _sha256(Path(a) / "adapter_model.safetensors") if a else None}
         examples = load_task_split(d, split, cache_dir=cache, limit=limit)
         rec, t = evaluate_task(ev, examples, out_dir, run, task, DECODINGS[decoding], batch_size,

@@ -21,6 +21,8 @@ def add_evaluate_parser(sub) -> None:
     se = sub.add_parser("evaluate", help="ROUGE-L / exact match of a base + LoRA adapter on Lots-of-LoRAs tasks "
                                          "(test split, resumable, bootstrap CIs)")
     se.add_argument("--base", required=True, help="base model directory or hub id (mistralai/Mistral-7B-Instruct-v0.2)")
+    se.add_argument("--base-revision", help="the base's hub commit to load (pins a hub id; e.g. from `uws manifest "
+                                            "lock`)")
     se.add_argument("--out", required=True, type=Path, help="results directory (resumable)")
     what = se.add_mutually_exclusive_group()
     what.add_argument("--adapter", type=Path, help="PEFT adapter directory (omit: the base alone)")
@@ -107,8 +109,9 @@ def run_evaluate(args: argparse.Namespace) -> str:
         runs = _variant_runs(args.variants, list(tasks))
     else:
         runs = {args.run or (args.adapter.name if args.adapter else "base"): args.adapter}
-    ev = Evaluator(args.base, quantize=args.quantize)
-    lines = [f"base {args.base} ({ev.precision} on {ev.device}), decoding {args.decoding}, split {args.split}"]
+    ev = Evaluator(args.base, quantize=args.quantize, revision=args.base_revision)
+    lines = [f"base {args.base}" + (f"@{args.base_revision}" if args.base_revision else "")
+             + f" ({ev.precision} on {ev.device}), decoding {args.decoding}, split {args.split}"]
     for run, adapter in runs.items():
         res = evaluate_tasks(ev, tasks, args.out, run, adapter=adapter, decoding=args.decoding,
                              batch_size=args.batch_size, limit=args.limit, split=args.split, n_boot=args.n_boot)
