@@ -79,3 +79,18 @@ def test_uws_evaluate_runs_every_variant_on_its_own_task(pop, tmp_path):
     (tmp_path / "variants" / TASKS[1] / "own").rename(tmp_path / "variants" / TASKS[1] / "gone")
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 2 and "variant 'own' is missing for task(s) ['task190_toy']" in proc.stderr
+
+
+def test_merge_command_writes_merges_and_own_per_task(pop, tmp_path):
+    from uws_core.experiments.task_adapters import main
+
+    extra = [f"--extra=task{i}={d}" for i, d in enumerate(pop["dirs"][:3])]
+    assert main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task1,task2", *extra,
+                 "--out", str(tmp_path / "m")]) == 0
+    assert sorted(p.name for p in (tmp_path / "m" / "task1").iterdir()) == [
+        "merge_mean", "merge_task_arithmetic_l0.3", "merge_ties_d0.2", "own"]
+    own, src = deltas(tmp_path / "m" / "task1" / "own"), deltas(pop["dirs"][1])
+    for m in own:
+        torch.testing.assert_close(own[m], src[m], rtol=1e-6, atol=1e-6)
+    with pytest.raises(KeyError, match=r"task 'task9' has no adapter in data_manifests/mistral7b_loras.csv"):
+        main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task9", extra[0], "--out", str(tmp_path)])

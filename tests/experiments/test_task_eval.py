@@ -216,7 +216,9 @@ def test_uws_evaluate_on_adapters_and_tasks_downloaded_from_the_emulated_hub(tin
         assert any(f"/resolve/{base_sha}/model.safetensors" in p for _, p, _ in hub.requests)
     assert f"Mistral-7B-Instruct-v0.2@{base_sha}" in proc.stdout
     assert "tiny-mistral-task280: ROUGE-L" in proc.stdout and "over 2 task(s), 6 examples" in proc.stdout
-    summary = pd.read_csv(out / "tiny-mistral-task280" / "summary.csv").set_index("task")
+    from uws_core.experiments.task_eval import load_summaries
+
+    summary = load_summaries(out).set_index("task")
     assert list(summary.index) == ["task280", "task190", "ALL"] and (summary["n"] == [3, 3, 6]).all()
     cmd[5:8] = [tiny["base"]]  # a local base, no hub
     bad = subprocess.run(list(map(str, cmd[:10] + ["--tasks", "task99999", "--out", out])), capture_output=True,

@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         dirs = _adapter_dirs(a.adapters_root, ids, extra)
         stack = LoraStack.from_adapter_set(AdapterSet.from_dirs(list(dirs.values()), ids))
         merged = merge_variants(stack)
-        for t, d in dirs.items():
-            write_variants(merged, a.out, t, read_adapter_config(d).raw)
+        for i, (t, d) in enumerate(dirs.items()):  # each task: the merges and its own adapter ("own")
+            own = {"own": (stack.state(i), float(stack.scalings[i]))}
+            write_variants({**merged, **own}, a.out, t, read_adapter_config(d).raw)
         return 0
     train = list(lora_split(loras, "train")["task_id"])
     ks = [int(k) for k in a.ks.split(",")]

@@ -26,7 +26,8 @@ import pandas as pd
 
 from uws_core.weights.manifests import HUB_COLUMNS, lora_split
 
-__all__ = ["TaskDataError", "TASK_FILES", "task_manifest_from_loras", "task_list", "TaskExample", "load_task_split"]
+__all__ = ["TaskDataError", "TASK_FILES", "task_manifest_from_loras", "task_list", "task_data_dirs", "TaskExample",
+           "load_task_split"]
 
 #: What ``uws download`` fetches of a task dataset: the card (its YAML names the splits' files) and the data files
 #: at the top level or under ``data/`` (``push_to_hub`` writes ``data/<split>-00000-of-00001.parquet``).
@@ -62,6 +63,24 @@ def task_list(manifest: pd.DataFrame, which: str) -> list[str]:
     if which not in ("iid", "ood"):
         raise ValueError(f"which must be 'iid' or 'ood', got {which!r}")
     return list(lora_split(manifest, f"{which}_test")["task_id"])
+
+
+def task_data_dirs(data_root: Path | str, task_ids, manifest: pd.DataFrame | None = None) -> dict[str, Path]:
+    """task id -> the directory where ``uws download lots_of_loras_tasks --dest data_root`` put its dataset."""
+    from uws_core.weights.manifests import load_manifest, local_dir
+
+    m = load_manifest("lots_of_loras_tasks") if manifest is None else manifest
+    by_id = dict(zip(m["task_id"], m["repo_id"]))
+    out = {}
+    for t in task_ids:
+        if t not in by_id:
+            raise TaskDataError(f"task {t!r} is not in data_manifests/lots_of_loras_tasks.csv (e.g. {m['task_id'].iloc[0]!r})")
+        d = local_dir(data_root, by_id[t], "dataset")
+        if d is None:
+            raise TaskDataError(f"task {t}: dataset {by_id[t]} is not under {data_root} (run `uws download "
+                                f"lots_of_loras_tasks --dest {data_root} --only {by_id[t].split('/')[1]}`)")
+        out[t] = d
+    return out
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from uws_core.experiments.task_scores import score_prediction, summarize
 from uws_core.weights import safe_paths
 
 __all__ = ["PROMPT", "Decoding", "DECODINGS", "TaskEvalError", "Evaluator", "build_prompt", "evaluate_task",
-           "evaluate_tasks", "read_results", "MISTRAL_7B", "generation_memory_bytes"]
+           "evaluate_tasks", "read_results", "load_summaries", "MISTRAL_7B", "generation_memory_bytes"]
 
 #: Mistral-7B-Instruct-v0.2's sizes (its config.json): parameters, layers, KV heads, head dim
 MISTRAL_7B = {"params": 7_241_732_096, "layers": 32, "kv_heads": 8, "head_dim": 128}
@@ -339,3 +339,11 @@ def evaluate_tasks(ev: Evaluator, task_dirs: dict[str, Path], out_dir: Path | st
                                                                        adapters.items()}, "precision": ev.precision, "device": ev.device, "decoding": asdict(DECODINGS[decoding]),
          "timing": timing}, indent=1))
     return {"summary": summary, "records": records, "timing": timing, "run_dir": run_dir}
+
+
+def load_summaries(out_dir: Path | str) -> pd.DataFrame:
+    """Every run's ``summary.csv`` under ``out_dir`` in one table (a run per ``<out_dir>/<run>/``), runs sorted."""
+    files = sorted(Path(out_dir).glob("*/summary.csv"))
+    if not files:
+        raise TaskEvalError(f"no <run>/summary.csv under {out_dir} (run `uws evaluate --out {out_dir}` first)")
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)

@@ -45,9 +45,9 @@ def add_evaluate_parser(sub) -> None:
 
 
 def _task_dirs(args) -> dict[str, Path]:
-    from uws_core.experiments.task_data import task_list
+    from uws_core.experiments.task_data import task_data_dirs, task_list
     from uws_core.experiments.task_eval import TaskEvalError
-    from uws_core.weights.manifests import load_manifest, local_dir
+    from uws_core.weights.manifests import load_manifest
 
     if args.task_data:
         if args.data_root or args.which or args.tasks:
@@ -65,17 +65,7 @@ def _task_dirs(args) -> dict[str, Path]:
         ids = sorted(p.name for p in args.variants.iterdir() if p.is_dir()) if args.variants.is_dir() else []
     else:
         raise TaskEvalError("with --data-root, name the tasks: --which iid|ood or --tasks task280,...")
-    by_id = dict(zip(m["task_id"], m["repo_id"]))
-    out = {}
-    for t in ids:
-        if t not in by_id:
-            raise TaskEvalError(f"task {t!r} is not in data_manifests/lots_of_loras_tasks.csv (e.g. {m['task_id'][0]!r})")
-        d = local_dir(args.data_root, by_id[t], "dataset")
-        if d is None:
-            raise TaskEvalError(f"task {t}: dataset {by_id[t]} is not under {args.data_root} (run `uws download "
-                                f"lots_of_loras_tasks --dest {args.data_root} --only {by_id[t].split('/')[1]}`)")
-        out[t] = d
-    return out
+    return task_data_dirs(args.data_root, ids, m)
 
 
 def _variant_runs(root: Path, tasks: list[str]) -> dict[str, dict[str, Path]]:
