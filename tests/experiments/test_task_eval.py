@@ -32,6 +32,7 @@ TASKS = ("task280_toy", "task190_toy")
     ("no", "yes", 0.0),
     ("", "yes", 0.0),                          # an empty prediction scores 0
     ("   ", "", 0.0),
+    ("猫", "猫", 0.0),                          # no [a-z0-9] token: rouge-score (and the authors) score 0
 ])
 def test_rouge_l_matches_hand_computed_values(pred, ref, want):
     assert rouge_l(pred, ref) == pytest.approx(want, abs=1e-12)
@@ -42,6 +43,7 @@ def test_first_reference_best_reference_and_exact_match():
     assert s["rougeL"] == 0.0 and s["rougeL_max"] == pytest.approx(2 / 3, abs=1e-12)  # P = 1, R = 1/2
     assert s["exact_match"] == 0.0
     assert exact_match("The cat.", ["dog", "the  cat"]) == 1.0
+    assert exact_match("猫", ["猫"]) == 1.0
     assert exact_match("", [""]) == 0.0 and exact_match(" . ", [""]) == 0.0  # empty never counts as correct
 
 

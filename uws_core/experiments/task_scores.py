@@ -5,7 +5,9 @@
   use_stemmer=True)``, ``.fmeasure``). The authors score the *first* reference only (``NLG/mistral_eval.py`` L347
   keeps ``gt[0][0]``); :func:`score_prediction` gives that (``rougeL``) and the maximum over all references
   (``rougeL_max``, the Super-NaturalInstructions convention). An empty prediction scores 0 (rouge-score's own rule:
-  no tokens, F = 0).
+  no tokens, F = 0). rouge-score's default tokenizer keeps only ``[a-z0-9]`` runs, as in the authors' scoring: an
+  answer written only in another script (Chinese, Arabic, ...) has no tokens and scores 0 even when it is right;
+  exact match still counts it.
 * :func:`exact_match`: the prediction equals a reference after the authors' ``normalize_answer`` (lower case, no
   punctuation, single spaces; ``NLG/rouge_scorer.py`` L36-57); an empty prediction scores 0 whatever the references.
 * :func:`bootstrap_mean_ci` (examples of one task, percentile bootstrap) and :func:`bootstrap_task_mean_ci` (the
