@@ -107,6 +107,8 @@ def test_generation_scores_and_files(tiny, tmp_path):
     assert list(other["records"]["prediction"]) != list(recs["prediction"])
     base = evaluate_tasks(ev, tiny["data"], tmp_path, "base", adapter=None, progress=False)["records"]
     assert list(base["prediction"]) != list(recs["prediction"])
+    fresh = evaluate_tasks(Evaluator(tiny["base"]), tiny["data"], tmp_path, "base_fresh", progress=False)["records"]
+    assert list(fresh["prediction"]) == list(base["prediction"])  # adapters once loaded leave no trace on the base
 
 
 def test_authors_decoding_keeps_the_text_after_the_last_output(tiny, tmp_path):

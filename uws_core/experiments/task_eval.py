@@ -136,6 +136,7 @@ class Evaluator:
         if self.tokenizer.pad_token_id is None:  # the authors: pad id 0 (Mistral's <unk>)
             self.tokenizer.pad_token = self.tokenizer.convert_ids_to_tokens(0)
         self.adapter: str | None = None
+        self.adapter_sha256: str | None = None
         self._peft = None
 
     # ------------------------------------------------------------------ adapters
@@ -169,11 +170,13 @@ class Evaluator:
         from peft import PeftModel
 
         if adapter_dir is None:
-            self.adapter = None
+            self.adapter = self.adapter_sha256 = None
             return
         d = Path(adapter_dir)
         self.check_adapter(d)
-        name = f"a{hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:12]}"
+        self.adapter_sha256 = _sha256(d / "adapter_model.safetensors")
+        name = "a" + hashlib.sha256((self.adapter_sha256 + (d / "adapter_config.json").read_text()).encode()
+                                    ).hexdigest()[:16]  # by content: a file changed on disk is loaded anew
         if self._peft is None:
             self._peft = PeftModel.from_pretrained(self.model, str(d), adapter_name=name)
         elif name not in self._peft.peft_config:
@@ -322,7 +325,7 @@ def evaluate_tasks(ev: Evaluator, task_dirs: dict[str, Path], out_dir: Path | st
         a = adapters[task]
         ev.use_adapter(a)
         meta = {"base": ev.base, "base_revision": ev.revision, "adapter": str(a) if a else None, "split": split,
-                "adapter_sha256": _sha256(Path(a) / "adapter_model.safetensors") if a else None}
+                "adapter_sha256": ev.adapter_sha256}
         examples = load_task_split(d, split, cache_dir=cache, limit=limit)
         rec, t = evaluate_task(ev, examples, out_dir, run, task, DECODINGS[decoding], batch_size,
                                {**meta, "data": str(d)}, progress)
