@@ -94,3 +94,30 @@ def test_merge_command_writes_merges_and_own_per_task(pop, tmp_path):
         torch.testing.assert_close(own[m], src[m], rtol=1e-6, atol=1e-6)
     with pytest.raises(KeyError, match=r"task 'task9' has no adapter in data_manifests/mistral7b_loras.csv"):
         main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task9", extra[0], "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("which", ["iid", "ood"])
+def test_loo_command_on_a_small_train_set_under_the_manifest_ids(pop, tmp_path, monkeypatch, which):
+    """The paper-scale entry point with the manifest's ids, the train list cut to 3 adapters (+ the held-out one)."""
+    import shutil
+
+    from uws_core.experiments import task_data
+    from uws_core.experiments.task_adapters import main
+    from uws_core.weights import manifests
+
+    m = manifests.load_manifest("mistral7b_loras")
+    train_only = list(m[m["split"] == "train"]["task_id"][:3])
+    held = task_data.task_list(m, which)[0]
+    train = train_only + ([held] if which == "iid" else [])
+    for t, d in zip(train_only + [held], pop["dirs"]):
+        shutil.copytree(d, tmp_path / "loras" / m.set_index("task_id").at[t, "repo_id"])
+    monkeypatch.setattr(manifests, "lora_split", lambda df, split: df[df["task_id"].isin(train)])
+    monkeypatch.setattr(task_data, "task_list", lambda df, w: [held])
+    assert main(["loo", "--which", which, "--adapters-root", str(tmp_path / "loras"), "--ks", "1",
+                 "--out", str(tmp_path / "v")]) == 0
+    assert [p.name for p in (tmp_path / "v").iterdir()] == [held]
+    names = sorted(p.name for p in (tmp_path / "v" / held).iterdir())
+    assert "own" in names and "mean_of_others" in names and "basis_only_k1" in names
+    mean, src = deltas(tmp_path / "v" / held / "mean_of_others"), [deltas(d) for d in pop["dirs"][:3]]
+    for k in mean:  # the mean of the 3 train-only adapters: the held-out one never enters
+        torch.testing.assert_close(mean[k], sum(s[k] for s in src) / 3, rtol=1e-5, atol=1e-6)

@@ -228,3 +228,26 @@ def test_uws_evaluate_on_adapters_and_tasks_downloaded_from_the_emulated_hub(tin
     bad = subprocess.run(list(map(str, cmd[:10] + ["--tasks", "task99999", "--out", out])), capture_output=True,
                          text=True, env=s.env, timeout=600)
     assert bad.returncode == 2 and "task 'task99999' is not in data_manifests/lots_of_loras_tasks.csv" in bad.stderr
+
+
+def test_task_selection_from_the_manifest(tmp_path):
+    import argparse
+
+    from uws_core.experiments.task_data import TaskDataError
+    from uws_core.experiments.task_eval_cli import _task_dirs
+
+    root = tmp_path / "data"
+    for rid in ("Lots-of-LoRAs/task280_stereoset_classification_stereotype_type", "Lots-of-LoRAs/task190_snli_classification"):
+        (root / rid).mkdir(parents=True)
+    (tmp_path / "v" / "task190").mkdir(parents=True)
+    ns = dict(task_data=None, data_root=root, which=None, tasks=None, variants=None)
+    assert list(_task_dirs(argparse.Namespace(**{**ns, "tasks": "task280,task190"}))) == ["task280", "task190"]
+    by_variants = _task_dirs(argparse.Namespace(**{**ns, "variants": tmp_path / "v"}))  # the tasks the variants have
+    assert by_variants == {"task190": root / "Lots-of-LoRAs/task190_snli_classification"}
+    with pytest.raises(TaskDataError, match=r"task task391: dataset Lots-of-LoRAs/task391_causal_relationship is "
+                                            r"not under .*uws download lots_of_loras_tasks"):
+        _task_dirs(argparse.Namespace(**{**ns, "which": "ood"}))
+    named = _task_dirs(argparse.Namespace(**{**ns, "data_root": None, "task_data": [f"t1={root}", str(root)]}))
+    assert named == {"t1": root, "data": root}
+    with pytest.raises(TaskEvalError, match="either --task-data or --data-root"):
+        _task_dirs(argparse.Namespace(**{**ns, "task_data": [str(root)]}))
