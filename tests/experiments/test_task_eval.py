@@ -64,6 +64,13 @@ def test_bootstrap_cis():
     assert int(s.loc["ALL", "n"]) == 3
     with pytest.raises(KeyError, match="exact_match"):
         summarize(recs.drop(columns="exact_match"))
+    from uws_core.experiments.task_scores import paired_difference_ci
+
+    recs["id"] = ["1", "2", "1"]
+    better = recs.assign(rougeL=recs["rougeL"] + 0.1)[::-1]  # order does not matter: paired by (task, id)
+    assert paired_difference_ci(better, recs, n_boot=300) == pytest.approx((10.0, 10.0, 10.0))
+    with pytest.raises(KeyError, match=r"\('b', '1'\) is scored in one run only"):
+        paired_difference_ci(recs, recs[recs.task == "a"])
 
 
 def test_gpu_memory_figures_quoted_in_docs():

@@ -12,7 +12,8 @@
   punctuation, single spaces; ``NLG/rouge_scorer.py`` L36-57); an empty prediction scores 0 whatever the references.
 * :func:`bootstrap_mean_ci` (examples of one task, percentile bootstrap) and :func:`bootstrap_task_mean_ci` (the
   mean over tasks of per-task means; two stages: tasks drawn with replacement, then examples within each task), and
-  :func:`summarize` (per task and overall, in percent).
+  :func:`summarize` (per task and overall, in percent); :func:`paired_difference_ci`: run a minus run b on the same
+  examples (the two-stage bootstrap of the per-example differences), e.g. mean + projection minus mean alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["rouge_l", "normalize_answer", "exact_match", "score_prediction", "bootstrap_mean_ci",
-           "bootstrap_task_mean_ci", "summarize", "METRICS"]
+           "bootstrap_task_mean_ci", "paired_difference_ci", "summarize", "METRICS"]
 
 METRICS = ("rougeL", "rougeL_max", "exact_match")
 
@@ -87,6 +88,18 @@ def bootstrap_task_mean_ci(per_task: Mapping[str, Sequence[float]], n_boot: int 
     stat = inner[pick, np.arange(n_boot)[:, None]].mean(axis=1)
     a = (1 - level) / 2
     return (float(np.mean([t.mean() for t in tasks])), float(np.quantile(stat, a)), float(np.quantile(stat, 1 - a)))
+
+
+def paired_difference_ci(a: pd.DataFrame, b: pd.DataFrame, metric: str = "rougeL", n_boot: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(mean over tasks of a - b, low, high) in percent, examples paired by (task, id); both runs must hold the
+    same examples (a KeyError names the first one missing from either)."""
+    ka, kb = a.set_index(["task", "id"])[metric], b.set_index(["task", "id"])[metric]
+    only = ka.index.symmetric_difference(kb.index)
+    if len(only):
+        raise KeyError(f"example {only[0]} is scored in one run only: pair runs over the same examples")
+    d = (ka - kb.reindex(ka.index)).groupby(level="task", sort=False)
+    return tuple(100 * x for x in bootstrap_task_mean_ci({t: g.to_numpy() for t, g in d}, n_boot, level, seed))
 
 
 def summarize(records: pd.DataFrame, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
