@@ -103,6 +103,7 @@ def test_generation_scores_and_files(tiny, tmp_path):
     assert [json.loads(x)["id"] for x in lines] == [f"task280_toy-test-{i}" for i in range(5)]
     summary = pd.read_csv(tmp_path / "own" / "summary.csv")
     assert set(summary["task"]) == {*TASKS, "ALL"} and set(summary["precision"]) == {"float32"}
+    assert json.loads(lines[0])["precision"] == "float32"  # every result says how the base ran
     run = json.loads((tmp_path / "own" / "run.json").read_text())
     assert run["device"] == "cpu" and [t["generated_now"] for t in run["timing"]] == [5, 5]
     assert all(t["peak_memory_bytes"] > 0 and t["seconds"] > 0 for t in run["timing"])

@@ -287,7 +287,7 @@ def evaluate_task(ev: Evaluator, examples: list[TaskExample], out_dir: Path | st
         n_tokens += n_new
         for e, p in zip(batch, preds):
             done.append({"id": e.id, "task": task, "prediction": p, "references": list(e.references),
-                         **score_prediction(p, e.references)})
+                         **score_prediction(p, e.references), "precision": ev.precision})
         safe_paths.write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in done))
         bar.update(len(batch))
     bar.close()
