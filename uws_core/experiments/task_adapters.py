@@ -134,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", action="append", default=[], metavar="TASK=DIR",
                    help="merge: an adapter not in the manifest (the replication's task020, task046)")
     a = p.parse_args(argv)
+    if a.what == "loo" and not a.which:
+        p.error("loo needs --which iid|ood")
+    if a.what == "merge" and len([t for t in (a.tasks or "").split(",") if t.strip()]) < 2:
+        p.error("merge needs --tasks with at least two task ids")
+    if any("=" not in e for e in a.extra):
+        p.error("--extra takes TASK=DIR")
     extra = dict(e.split("=", 1) for e in a.extra)
     loras = load_manifest("mistral7b_loras")
     if a.what == "merge":
