@@ -162,4 +162,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    try:
+        raise SystemExit(main())
+    except (KeyError, OSError, ValueError) as exc:  # refusals name the task, file and key: one line, no traceback
+        sys.exit(f"python -m uws_core.experiments.task_adapters: error: "
+                 f"{exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}")
