@@ -73,6 +73,7 @@ _API = {
     "merge_variants": "task_adapters",
     "norm": "merging",
     "normalize_answer": "task_scores",
+    "paired_difference_ci": "task_scores",
     "peft_factor_merge": "peft_merge",
     "population_stack": "lora_loo_accuracy",
     "project_factors": "lora_projection",
