@@ -21,3 +21,12 @@ def test_bench_quick_mode_writes_results(tmp_path):
     assert all(r["peak_bytes"] >= 0 and r["seconds"] > 0 for r in recs)
     md = (tmp_path / "results.md").read_text()
     assert "| model | models | 12 | 48 | factored |" in md and "## Targets" in md
+
+
+def test_task_eval_bench_quick_mode_writes_rates(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_task_eval", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads((tmp_path / "task_eval_results.json").read_text())["runs"]
+    assert [(r["hidden"], r["decoding"]) for r in runs] == [(32, "greedy"), (32, "authors")]
+    assert all(r["generated_now"] == 4 and r["examples_per_s"] > 0 and r["peak_memory_bytes"] > 0 for r in runs)

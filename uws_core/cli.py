@@ -46,6 +46,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from uws_core.experiments.task_eval_cli import add_evaluate_parser, run_evaluate
 from uws_core.weights import dtype_policy
 from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir
 from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only entries whose COLUMN equals VALUE (repeatable)")
     sl.add_argument("--relock", action="store_true", help="re-resolve entries that are already locked")
     sl.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    add_evaluate_parser(sub)
     return parser
 
 
@@ -386,6 +388,8 @@ def main(argv: list[str] | None = None, api=None) -> int:
             message = f"wrote {md} and {page}\n"
         elif args.command == "download":
             message, status = run_download(args, api=api)
+        elif args.command == "evaluate":
+            message = run_evaluate(args)
         else:
             message = run_lock(args, api=api)
         if args.command == "spectrum":

@@ -8,10 +8,13 @@ when ``uws manifest lock`` and ``uws download`` run with ``HF_ENDPOINT`` pointin
   ids and LFS sha256s to ``siblings``), with ``sha`` and ``gated``;
 * ``POST /api/models/{owner}/{name}/paths-info/{rev}`` (``HfApi.get_paths_info``; form field ``paths``);
 * ``HEAD`` / ``GET /{owner}/{name}/resolve/{rev}/{path}``: small git files are answered directly (``ETag`` = git
-  blob id), LFS files (every ``*.safetensors`` and anything of 10 MiB or more) with a 302 to
+  blob id), LFS files (every ``*.safetensors``, ``*.parquet``, ``*.arrow`` and anything of 10 MiB or more) with a 302 to
   ``http://localhost:{port}/lfs/{sha256}`` (another host name, as the hub's CDN is another host, so the client
   takes the metadata from the redirect itself), carrying ``X-Repo-Commit``, ``X-Linked-Etag`` and
   ``X-Linked-Size``; the LFS host honours ``Range`` (the client resumes a broken transfer with it);
+* the same for dataset repositories (``repo_type="dataset"``): ``GET /api/datasets/{owner}/{name}[/revision/{rev}]``
+  (``HfApi.dataset_info``), ``POST /api/datasets/.../paths-info/{rev}`` and ``/datasets/{owner}/{name}/resolve/...``;
+  a dataset is published with ``commit(..., repo_type="dataset")`` and kept apart from a model of the same id;
 * the hub's errors with their ``X-Error-Code``: ``RepoNotFound`` (401, as the hub answers anonymous clients),
   ``GatedRepo`` (401 on file content of a gated repository; its metadata stays readable, as on the hub),
   ``RevisionNotFound`` and ``EntryNotFound`` (404).
@@ -39,8 +42,12 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+#: stored in LFS whatever their size, as the hub's default ``.gitattributes`` says (an excerpt of its list)
+LFS_SUFFIXES = (".safetensors", ".parquet", ".arrow")
+
+
 def is_lfs(path: str, data: bytes) -> bool:
-    return path.endswith(".safetensors") or len(data) >= LFS_MIN
+    return path.endswith(LFS_SUFFIXES) or len(data) >= LFS_MIN
 
 
 @dataclass
@@ -70,11 +77,12 @@ class HubEmulator:
 
     # --------------------------------------------------------------------------------- repositories
     def commit(self, repo_id: str, files: dict[str, bytes], gated: bool | str | None = None,
-               replace: bool = False) -> str:
+               replace: bool = False, repo_type: str = "model") -> str:
         """Add a commit to ``repo_id`` (created if new) that sets ``files`` (on top of main unless ``replace``);
-        ``main`` moves to it. Returns the new commit sha (40 hex)."""
+        ``main`` moves to it. Returns the new commit sha (40 hex). A dataset is stored under ``datasets/<id>``."""
         with self._lock:
-            repo = self.repos.setdefault(repo_id, Repo(repo_id))
+            key = repo_id if repo_type == "model" else f"{repo_type}s/{repo_id}"
+            repo = self.repos.setdefault(key, Repo(repo_id))
             if gated is not None:
                 repo.gated = gated
             tree = {} if replace or not repo.commits else dict(repo.commits[-1][1])
@@ -118,9 +126,14 @@ class HubEmulator:
         self._server.server_close()
 
 
-_MODEL_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
-_PATHS_RE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
-_RESOLVE_RE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+# ``kind`` is "models" or "datasets"; the stored key of a dataset is "datasets/<owner>/<name>"
+_MODEL_RE = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+_PATHS_RE = re.compile(r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
+_RESOLVE_RE = re.compile(r"^/(?P<kind>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+
+
+def _key(kind: str | None, repo: str) -> str:
+    return f"datasets/{repo}" if kind in ("datasets", "datasets/") else repo
 _LFS_RE = re.compile(r"^/lfs/(?P<sha>[0-9a-f]{64})$")
 
 
@@ -177,11 +190,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.emulator.requests.append((method, path, self.headers.get("Range")))
         head = method == "HEAD"
         if method == "POST" and (m := _PATHS_RE.match(path)):
-            return self._paths_info(m["repo"], m["rev"])
+            return self._paths_info(_key(m["kind"], m["repo"]), m["rev"])
         if method == "GET" and (m := _MODEL_RE.match(path)):
-            return self._model_info(m["repo"], m["rev"], parse_qs(url.query))
+            return self._model_info(_key(m["kind"], m["repo"]), m["rev"], parse_qs(url.query))
         if method in ("GET", "HEAD") and (m := _RESOLVE_RE.match(path)):
-            return self._resolve(m["repo"], m["rev"], m["path"], head)
+            return self._resolve(_key(m["kind"], m["repo"]), m["rev"], m["path"], head)
         if method in ("GET", "HEAD") and (m := _LFS_RE.match(path)):
             return self._lfs(m["sha"], head)
         self._send(404, b"not found", head=head)
@@ -200,6 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if is_lfs(name, data):
                     s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
             siblings.append(s)
+        repo_id = repo.repo_id
         info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
                 "gated": repo.gated, "disabled": False, "tags": [], "siblings": siblings}
         info = self.emulator.mangle_model_info(info)
@@ -229,6 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
         if repo is None:
             return
         sha, tree = found
+        repo_id = repo.repo_id
         if repo.gated:
             return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to "
                                                  "it and be authenticated to access it. Please log in.", head)
@@ -251,9 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"no such blob", head=head)
         if head:
             return self._send_head(data, {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
-        key = next(((r, n) for r, repo in self.emulator.repos.items() for _, tree in repo.commits
+        key = next(((repo.repo_id, n) for repo in self.emulator.repos.values() for _, tree in repo.commits
                     for n, d in tree.items() if hashlib.sha256(d).hexdigest() == digest
-                    and (r, n) in self.emulator.faults), None)
+                    and (repo.repo_id, n) in self.emulator.faults), None)
         self._content(data, key, {"ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
 
     def _send_head(self, data: bytes, headers: dict) -> None:

@@ -51,11 +51,18 @@ def test_local_dirs_layouts_and_missing(tmp_path):
     assert local_dirs(df, tmp_path) == [tmp_path / a, tmp_path / b.replace("/", "__"), snap]
 
 
+def test_local_dir_of_a_dataset_in_the_hub_cache_layout(tmp_path):
+    snap = tmp_path / "datasets--Lots-of-LoRAs--task280_x" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    assert local_dir(tmp_path, "Lots-of-LoRAs/task280_x", "dataset") == snap
+    assert local_dir(tmp_path, "Lots-of-LoRAs/task280_x") is None  # a model of that id is not there
+
+
 def test_hub_columns_state_what_is_pinned_and_what_is_unresolved():
     status = {f: load_manifest(f)["hub_status"].value_counts().to_dict() for f in FAMILIES}
     assert status["vit"] == {"unresolved": 470}  # the authors' list has no owners: never guessed
     assert status["resnet50_datasets"] == {"no_hub_checkpoint": 6, "unresolved": 9}
-    for f in ("mistral7b_loras", "llama8b", "gpt2", "flan_t5", "sdxl_style_loras"):
+    for f in ("mistral7b_loras", "llama8b", "gpt2", "flan_t5", "sdxl_style_loras", "lots_of_loras_tasks"):
         assert status[f] == {"unlocked": FAMILIES[f][1]}  # nothing locked on a machine without network
         assert (load_manifest(f)["revision"] == "").all()
     assert locked_bytes(load_manifest("gpt2")) == (0, 0)

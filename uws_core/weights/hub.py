@@ -25,7 +25,8 @@ huggingface_hub's validator, file names as relative paths inside the entry, no s
 incomplete entry moves only its own listed files back to staging (a user's other files stay).
 
 The API object is injected (``api=``): an ``huggingface_hub.HfApi`` by default, a local fake in tests.
-Only three of its methods are used: ``model_info``, ``get_paths_info`` and ``hf_hub_download``.
+Only three of its methods are used: ``model_info`` (``dataset_info`` for a dataset entry), ``get_paths_info`` and
+``hf_hub_download`` (both given ``repo_type="dataset"`` for a dataset entry: a manifest's ``repo_type`` column).
 """
 
 from __future__ import annotations
@@ -36,16 +37,16 @@ import logging
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from uws_core.linalg.numerics import progress_disabled
 from uws_core.weights import safe_paths
-from uws_core.weights.hub_paths import (STAMP_FILE, EntryPaths, check_entry_file_name, entry_paths, free_bytes,
+from uws_core.weights.hub_paths import (DownloadReport, EntryPaths, FileOutcome, read_stamp, stamp_of, write_stamp, check_entry_file_name, entry_paths, free_bytes,
                                         move_file, side_dirs, unpublish)
 from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
-from uws_core.weights.manifests import (FileChecksum, ManifestError, format_checksums, load_manifest, match_files,
-                                parse_checksums, parse_expected_shapes, split_cell, write_manifest)
+from uws_core.weights.manifests import (DATA_SUFFIXES, FileChecksum, ManifestError, format_checksums, load_manifest,
+                                        match_files, parse_checksums, parse_expected_shapes, repo_type_of, split_cell,
+                                        write_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,21 @@ def checksum_from_hub(name: str, size, blob_id, lfs) -> FileChecksum:
     return FileChecksum(name, "git-sha1", blob_id, int(size))
 
 
-def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) -> tuple[str, list[FileChecksum]]:
+def _type_kw(repo_type: str) -> dict:
+    """``{"repo_type": "dataset"}`` for a dataset entry, nothing for a model (so model-only fakes keep working)."""
+    return {} if repo_type == "model" else {"repo_type": repo_type}
+
+
+def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None,
+               repo_type: str = "model") -> tuple[str, list[FileChecksum]]:
     """Resolve one repository at ``revision`` (default: main): (commit sha, checksums of the wanted files).
 
     Raises HubError when the repository is gated (``ModelInfo.gated``: its files cannot be fetched without an
     accepted licence and a token), when a listed file name would leave the entry's directory, or when no
-    safetensors weights match the patterns (e.g. pickles only)."""
+    safetensors weights (for a dataset: no data file, ``DATA_SUFFIXES``) match the patterns (e.g. pickles only)."""
     safe_paths.check_repo_id(repo_id, f"repository {repo_id!r}")
-    info = api.model_info(repo_id, revision=revision or None, files_metadata=True)
+    info_of = api.dataset_info if repo_type == "dataset" else api.model_info
+    info = info_of(repo_id, revision=revision or None, files_metadata=True)
     gated = getattr(info, "gated", False)
     if gated:
         raise HubError(f"repository {repo_id!r} is gated (gated={gated!r}): its files need an accepted licence and "
@@ -157,7 +165,11 @@ def lock_entry(api, repo_id: str, patterns: str, revision: str | None = None) ->
     wanted = match_files(list(siblings), patterns)
     for n in wanted:
         check_entry_file_name(n, f"repository {repo_id!r} at {info.sha}")
-    if not any(n.endswith(".safetensors") for n in wanted):
+    if repo_type == "dataset":
+        if not any(n.endswith(DATA_SUFFIXES) for n in wanted):
+            raise HubError(f"no data files ({', '.join(DATA_SUFFIXES)}) matching {patterns!r} in dataset {repo_id!r} "
+                           f"at {info.sha}")
+    elif not any(n.endswith(".safetensors") for n in wanted):
         pickles = sorted(n for n in siblings if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
         raise HubError(f"no safetensors weights matching {patterns!r} at {info.sha}"
                        + (f" (pickles only: {', '.join(pickles[:3])})" if pickles else ""))
@@ -209,7 +221,7 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
     for n_done, i in enumerate(tqdm(rows, desc=f"lock {family}", disable=progress_disabled(progress)), 1):
         repo_id = df.at[i, "repo_id"]
         try:
-            sha, sums = lock_entry(api, repo_id, df.at[i, "files"])  # the hub's current main
+            sha, sums = lock_entry(api, repo_id, df.at[i, "files"], repo_type=repo_type_of(df.iloc[i]))  # main
         except Exception as exc:  # noqa: BLE001 - one entry's failure (404, gated, network) is recorded, the lock goes on
             reason = error_text(exc)
             if df.at[i, "hub_status"] == "locked":  # a relock that fails keeps the old pin: never erase a lock
@@ -226,52 +238,6 @@ def lock_manifest(family: str, api=None, manifest_dir=None, limit: int | None = 
             write_manifest(df, family, manifest_dir)
     write_manifest(df, family, manifest_dir)
     return out
-
-
-@dataclass
-class FileOutcome:
-    repo_id: str
-    file: str
-    status: str  # present | downloaded | staged | refused | missing_offline | error
-    detail: str = ""
-    path: str = ""
-
-
-@dataclass
-class DownloadReport:
-    family: str
-    dest: str
-    offline: bool
-    files: list[FileOutcome] = field(default_factory=list)
-    entries: dict[str, str] = field(default_factory=dict)  # repo_id -> ok | refused | unlocked | ...
-
-    def count(self, status: str) -> int:
-        return sum(f.status == status for f in self.files)
-
-    @property
-    def ok(self) -> bool:
-        return all(v == "ok" for v in self.entries.values())
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "counts": {s: self.count(s) for s in
-                                           ("present", "downloaded", "staged", "refused", "missing_offline",
-                                            "error")}}
-
-
-def _read_stamp(repo_dir: Path) -> dict:
-    try:
-        return json.loads((repo_dir / STAMP_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_stamp(repo_dir: Path, stamp: dict) -> None:
-    safe_paths.write_text_atomic(repo_dir / STAMP_FILE, json.dumps(stamp, indent=1))
-
-
-def _stamp_of(path: Path, want: FileChecksum) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": str(want)}
 
 
 def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None, limit: int | None = None,
@@ -319,7 +285,7 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
                 report.entries[repo_id] = "unlocked: run `uws manifest lock` first (or pass --allow-unpinned)"
                 continue
             try:
-                revision, sums = lock_entry(api, repo_id, row["files"])
+                revision, sums = lock_entry(api, repo_id, row["files"], repo_type=repo_type_of(row))
             except Exception as exc:  # noqa: BLE001 - reported per entry
                 report.entries[repo_id] = f"error: {error_text(exc)}"
                 continue
@@ -331,7 +297,8 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
             continue
         try:
             report.entries[repo_id] = _download_entry(api, repo_id, revision, sums,
-                                                      parse_expected_shapes(row["expected_shapes"]), paths, report)
+                                                      parse_expected_shapes(row["expected_shapes"]), paths, report,
+                                                      _type_kw(repo_type_of(row)))
         except OSError as exc:  # e.g. a file where the entry's directory should be: this entry fails, not the run
             report.files.append(FileOutcome(repo_id, "*", "error", error_text(exc)))
             report.entries[repo_id] = f"error: {error_text(exc)}"
@@ -340,13 +307,13 @@ def download_manifest(family: str, dest: Path | str, api=None, manifest_dir=None
     return report
 
 
-def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, report) -> str:
-    """Fetch and verify one repository's pinned files; returns the entry's outcome."""
+def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, report, type_kw: dict) -> str:
+    """Fetch and verify one repository's pinned files; returns the entry's outcome (``type_kw``: ``repo_type``)."""
     repo_dir = paths.repo_dir
-    stamp = _read_stamp(repo_dir)
+    stamp = read_stamp(repo_dir)
     if api is not None:  # cross-check the lock with the hub's metadata at the pinned revision
         try:
-            infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision)
+            infos = api.get_paths_info(repo_id, [c.name for c in sums], revision=revision, **type_kw)
             hub = {f.path: checksum_from_hub(f.path, f.size, f.blob_id, f.lfs) for f in infos
                    if f.path in {c.name for c in sums}}
         except Exception as exc:  # noqa: BLE001 - network or hub errors (or nonsense metadata) are reported per entry
@@ -369,13 +336,13 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
     for c in sums:
         target, stage, bad = paths.target[c.name], paths.stage[c.name], paths.rejected[c.name]
         if target.is_file():
-            if stamp.get(c.name) == _stamp_of(target, c):
+            if stamp.get(c.name) == stamp_of(target, c):
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified earlier", str(target)))
                 continue
             problem = checksum_problem(target, c)
             if problem is None:
-                stamp[c.name] = _stamp_of(target, c)
-                _write_stamp(repo_dir, stamp)
+                stamp[c.name] = stamp_of(target, c)
+                write_stamp(repo_dir, stamp)
                 report.files.append(FileOutcome(repo_id, c.name, "present", "verified", str(target)))
                 continue
             move_file(target, bad)
@@ -401,7 +368,7 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
             outcome = "missing" if outcome == "ok" else outcome
             continue
         try:
-            kw = {"force_download": True} if refetch else {}
+            kw = {**type_kw, "force_download": True} if refetch else type_kw
             got = Path(api.hf_hub_download(repo_id=repo_id, filename=c.name, revision=revision,
                                            local_dir=paths.stage_dir, **kw))
             if got.resolve() != stage.resolve() or got.is_symlink():
@@ -427,10 +394,10 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
         return outcome
     for c, path, detail in staged:  # every file verified: publish the entry
         move_file(path, paths.target[c.name])
-        stamp[c.name] = _stamp_of(paths.target[c.name], c)
+        stamp[c.name] = stamp_of(paths.target[c.name], c)
         report.files.append(FileOutcome(repo_id, c.name, "downloaded", detail, str(paths.target[c.name])))
     if staged:
-        _write_stamp(repo_dir, stamp)
+        write_stamp(repo_dir, stamp)
     return outcome
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from uws_core.weights import safe_paths
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 STAMP_FILE = ".uws-verified.json"  # per downloaded repository: file -> size, mtime, verified checksum
 
-__all__ = ["STAMP_FILE", "EntryPaths", "entry_paths", "check_entry_file_name", "free_bytes", "move_file", "side_dirs", "unpublish"]
+__all__ = ["FileOutcome", "DownloadReport", "read_stamp", "write_stamp", "stamp_of", "STAMP_FILE", "EntryPaths", "entry_paths", "check_entry_file_name", "free_bytes", "move_file", "side_dirs", "unpublish"]
 
 
 def move_file(src: Path, dst: Path) -> None:
@@ -104,3 +105,50 @@ def unpublish(paths: EntryPaths) -> None:
     if paths.repo_dir.is_dir() and any(paths.repo_dir.iterdir()):
         log.warning("%s: incomplete entry's files moved to staging; other files left in place: %s",
                     paths.repo_dir, sorted(p.name for p in paths.repo_dir.iterdir())[:5])
+
+
+# ------------------------------------------------------------------------------------------ what a run reports
+@dataclass
+class FileOutcome:
+    repo_id: str
+    file: str
+    status: str  # present | downloaded | staged | refused | missing_offline | error
+    detail: str = ""
+    path: str = ""
+
+
+@dataclass
+class DownloadReport:
+    family: str
+    dest: str
+    offline: bool
+    files: list[FileOutcome] = field(default_factory=list)
+    entries: dict[str, str] = field(default_factory=dict)  # repo_id -> ok | refused | unlocked | ...
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "ok" for v in self.entries.values())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "counts": {s: self.count(s) for s in
+                                           ("present", "downloaded", "staged", "refused", "missing_offline",
+                                            "error")}}
+
+
+def read_stamp(repo_dir: Path) -> dict:
+    try:
+        return json.loads((repo_dir / STAMP_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_stamp(repo_dir: Path, stamp: dict) -> None:
+    safe_paths.write_text_atomic(repo_dir / STAMP_FILE, json.dumps(stamp, indent=1))
+
+
+def stamp_of(path: Path, want) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "checksum": str(want)}

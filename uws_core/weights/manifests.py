@@ -22,6 +22,9 @@ columns that pin a download (``HUB_COLUMNS``):
 ``hub_note``
     why an entry is unresolved or could not be locked.
 
+A manifest may add ``repo_type`` (``model``, the default, or ``dataset``): the task datasets of
+``lots_of_loras_tasks.csv`` are dataset repositories (``huggingface_hub``'s ``repo_type="dataset"``).
+
 ``load_manifest`` validates every column and raises ``ManifestError`` naming the file, the row and the
 column of the first problem. ``local_dir(s)`` map entries to a local download directory.
 """
@@ -50,7 +53,12 @@ FAMILIES: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "flan_t5": ("flan_t5.csv", 196, ("list_index", "repo_id", "task_slug")),
     "sdxl_style_loras": ("sdxl_style_loras.csv", 267, ("list_index", "repo_id")),
     "resnet50_datasets": ("resnet50_datasets.csv", 15, ("package", "dataset", "repo_id")),
+    "lots_of_loras_tasks": ("lots_of_loras_tasks.csv", 502, ("repo_id", "repo_type", "task_id", "task_name", "split",
+                                                             "adapter_repo_id")),
 }
+REPO_TYPES = ("model", "dataset")
+#: Files that count as a dataset's data (a dataset entry must match one, as a model entry must match safetensors).
+DATA_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow")
 HUB_COLUMNS = ("revision", "files", "checksums", "expected_shapes", "hub_status", "hub_note")
 HUB_STATUSES = ("unlocked", "locked", "unresolved", "no_hub_checkpoint", "lock_failed")
 # Never fetched: pickles (unpickling runs code) and the original/ consolidated checkpoints of Llama repos.
@@ -165,6 +173,8 @@ def _validate_hub_columns(df: pd.DataFrame, path: Path) -> None:
     for i, row in enumerate(df.itertuples(index=False)):
         r = row._asdict()
         status, rev, repo_id = r["hub_status"], r["revision"], r["repo_id"]
+        if r.get("repo_type", "model") not in REPO_TYPES:
+            fail(i, "repo_type", f"{r['repo_type']!r} is not one of {REPO_TYPES}")
         if status not in HUB_STATUSES:
             fail(i, "hub_status", f"{status!r} is not one of {HUB_STATUSES}")
         if rev and not _SHA_RE.match(rev):
@@ -275,12 +285,17 @@ def lora_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     return manifest[mask.astype(bool)]
 
 
-def local_dir(root: Path | str, repo_id: str) -> Path | None:
+def repo_type_of(row) -> str:
+    """An entry's repository type: its ``repo_type`` cell, ``model`` where the manifest has no such column."""
+    return (row.get("repo_type", "") or "model") if hasattr(row, "get") else "model"
+
+
+def local_dir(root: Path | str, repo_id: str, repo_type: str = "model") -> Path | None:
     """Where one hub repository lies under ``root``, or None.
 
     Accepted layouts: ``root/owner/name`` (``huggingface-cli download --local-dir root/owner/name``,
     and what ``uws download`` writes), ``root/owner__name`` and the hub cache
-    ``root/models--owner--name/snapshots/<rev>``.
+    ``root/models--owner--name/snapshots/<rev>`` (``datasets--owner--name`` for a dataset).
     """
     root = Path(root)
     try:  # a hostile id (``../x``, absolute) never names a directory outside ``root``
@@ -288,7 +303,7 @@ def local_dir(root: Path | str, repo_id: str) -> Path | None:
     except safe_paths.UnsafePathError:
         return None
     candidates = [root / repo_id, root / repo_id.replace("/", "__")]
-    snaps = root / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    snaps = root / (f"{repo_type}s--" + repo_id.replace("/", "--")) / "snapshots"
     if snaps.is_dir():
         candidates += sorted(p for p in snaps.iterdir() if p.is_dir())
     for c in candidates:
@@ -307,8 +322,9 @@ def local_dirs(manifest: pd.DataFrame, root: Path | str, allow_missing: bool = F
     if not root.is_dir():
         raise ManifestError(f"checkpoint root {root} does not exist")
     found, missing = [], []
-    for repo_id in manifest["repo_id"]:
-        d = local_dir(root, repo_id) if repo_id else None
+    types = manifest["repo_type"] if "repo_type" in manifest.columns else ["model"] * len(manifest)
+    for repo_id, repo_type in zip(manifest["repo_id"], types):
+        d = local_dir(root, repo_id, repo_type) if repo_id else None
         (found if d is not None else missing).append(d if d is not None else repo_id)
     if missing and not allow_missing:
         shown = ", ".join(missing[:5])
