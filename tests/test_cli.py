@@ -192,9 +192,11 @@ def fails_cmd(capsys, *args, code: int = 2, api=None) -> str:
 
 
 def test_manifest_lock_and_download_with_an_injected_hub(adapter_population, tmp_path, capsys):
-    from test_hub import FakeHub
+    from conftest import sibling_test_module
 
     from uws_core.weights.manifests import MANIFEST_DIR, load_manifest
+
+    FakeHub = sibling_test_module("weights", "test_hub").FakeHub
 
     mdir = tmp_path / "manifests"
     shutil.copytree(MANIFEST_DIR, mdir)

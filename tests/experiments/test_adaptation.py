@@ -219,7 +219,9 @@ def test_notebook_05_at_paper_scale_builds_bases_and_counts_only(tmp_path):
     """At paper scale the notebook builds the frozen bases from checkpoints under manifest hub ids, reports the
     trainable counts and trains nothing (no data sets for the public ViTs)."""
     from conftest import run_notebook
-    from test_paper_scale import _write_vit_family
+    from conftest import sibling_test_module
+
+    _write_vit_family = sibling_test_module("notebooks", "test_paper_scale")._write_vit_family
     from uws_core.weights.manifests import load_manifest
 
     _write_vit_family(tmp_path / "hub", list(load_manifest("vit")["repo_id"][:6]), "google/vit-base-patch16-224")
