@@ -18,11 +18,11 @@ CONTRACT_COLUMNS = ["adapter", "task", "family", "seed", "init_seed", "shared_in
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def one_thread():  # tiny matrices: one thread is as fast, and immune to a busy machine
+    from uws_core.linalg.numerics import compute_settings
+
+    with compute_settings(1, deterministic=None, quiet=False, onednn=None):  # threads only, restored after
+        yield
 
 
 @pytest.fixture(scope="module")

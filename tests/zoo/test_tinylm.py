@@ -26,10 +26,10 @@ def _random_lora(model, n=3, r=4, alpha=8.0, seed=0):
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():  # tiny matrices: one thread is as fast, and immune to a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    from uws_core.linalg.numerics import compute_settings
+
+    with compute_settings(1, deterministic=None, quiet=False, onednn=None):  # threads only, restored after
+        yield
 
 
 @pytest.fixture
