@@ -3,7 +3,9 @@
 Checkpoints: the chosen unfolding and centring of the stack (N, d_out, d_in), streamed one model at a time
 (:class:`uws_core.linalg.spectral.StreamingSpectrum`). Adapters: ``lora_A`` (rows) and ``lora_B`` (cols) of the
 authors-subspace recipe (toshi2k2/unisub ``NLG/get_subspaceadapter.py``; :mod:`uws_core.linalg.recipes`) and the
-product ``s_i B_i A_i`` in factored form (:func:`uws_core.linalg.lora.lora_product_spectrum`). ``uws spectra``
+product ``s_i B_i A_i`` in factored form (:func:`uws_core.linalg.lora.lora_product_spectrum`); when the stack's rank N r is below the
+dimension, all three come from (N r) x (N r) Grams (:func:`uws_core.linalg.factored_spectra.factored_lora_spectra`,
+equal to round-off), as in ``uws spectra``. ``uws spectra``
 (:mod:`uws_core.weights.population_spectra`) writes the same per key to a resumable run directory instead.
 """
 
@@ -14,6 +16,7 @@ import logging
 from tqdm.auto import tqdm
 
 from uws_core.linalg import recipes
+from uws_core.linalg.factored_spectra import factored_lora_spectra, uses_small_gram
 from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
 from uws_core.linalg.numerics import progress_disabled
 from uws_core.linalg.spectral import StreamingSpectrum
@@ -63,12 +66,16 @@ def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: s
     out = {}
     for key in tqdm(keys, desc="module keys", disable=progress_disabled()):
         b, a = aset.factors(key)  # (N, d_out, r), (N, r, d_in), as stored
-        spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
+        d_out, r, d_in = aset.shape(key)
         # P_i = s_i B_i @ A_i, the weight update itself (s_i = alpha_i / r)
         s = recipes.product_scaling(scaling, aset.scalings)
-        spec_p = lora_product_spectrum(b, a, unfolding=unfolding, center=center, k=0, device=device,
-                                       scaling=s, key=key)
-        d_out, r, d_in = aset.shape(key)
+        if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, as uws spectra
+            views = factored_lora_spectra(b, a, unfolding, center, scaling=s, device=device)
+            spec_a, spec_b, spec_p = views["lora_A"], views["lora_B"], views["product"]
+        else:
+            spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
+            spec_p = lora_product_spectrum(b, a, unfolding=unfolding, center=center, k=0, device=device,
+                                           scaling=s, key=key)
         layer, module = parse_module_key(key)
         out[key] = {"layer": layer, "module": module, "shape": [d_out, d_in], "rank": r, "N": len(aset),
                     "lora_A": {**spectrum_summary(spec_a, k), "recipe": "authors-subspace"},
