@@ -83,6 +83,7 @@ _API = {
     "stable_seed_63_masked": "numerics",
     "stack_spectrum": "spectral",
     "stacked_rows_spectrum": "factored_spectra",
+    "thread_settings": "numerics",
     "transformers_quiet": "numerics",
     "unfold": "spectral",
     "uses_small_gram": "factored_spectra",
