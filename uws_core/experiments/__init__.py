@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
+Modules: ``adaptation``, ``adaptation_data``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -18,6 +18,7 @@ _API = {
     "DECODINGS": "task_eval",
     "Decoding": "task_eval",
     "Evaluator": "task_eval",
+    "HELD_OUT_FAMILIES": "adaptation_data",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
     "LoraStack": "lora_projection",
@@ -34,6 +35,8 @@ _API = {
     "TaskDataError": "task_data",
     "TaskEvalError": "task_eval",
     "TaskExample": "task_data",
+    "VIT_BASE_ID": "adaptation_data",
+    "VitAdaptationData": "adaptation_data",
     "add_evaluate_parser": "task_eval_cli",
     "apply_delta": "merging",
     "basis_only_accuracy": "replication_loo",
@@ -103,7 +106,10 @@ _API = {
     "ties_trim": "merging",
     "trainable_parameter_count": "adaptation",
     "vit_accuracy": "adaptation_tasks",
+    "vit_adaptation_laptop": "adaptation_data",
+    "vit_adaptation_paper": "adaptation_data",
     "vit_loss_fn": "adaptation_tasks",
+    "vit_task_vector_bases": "adaptation_data",
     "with_scaling": "replication_loo",
     "write_adapter_state": "task_adapters",
     "write_variants": "task_adapters",
