@@ -14,7 +14,8 @@ Recipes, per module key, each fitted on the N-1 adapters other than the held-out
   With the mean: ``A_hat^T = mu_A 1^T + U_A U_A^T (A^T - mu_A 1^T)``, likewise B. Note that this "mean" is
   the mean *column* of the factors, not the mean adapter: at k = 0 it gives ``B_hat @ A_hat = r mu_B mu_A^T``.
 * ``"product"`` (the replication's): the model axis; each ``P_i = s_i B_i A_i`` flattened, centred by the mean
-  adapter ``M`` of the others, top-k PCA basis kept in factored form (:class:`uws_core.linalg.lora.FactoredModelBasis`).
+  adapter ``M`` of the others, top-k PCA basis kept in factored form
+  (:class:`uws_core.linalg.lora_model_basis.FactoredModelBasis`).
   Without the mean: ``P_hat = sum_j <b_j, P> b_j``; with it: ``P_hat = M + sum_j <b_j, P - M> b_j`` (k = 0:
   the mean of the other adapters). ``P_hat = sum_i w_i P_i`` is an exact factor pair of rank (N-1) r, reduced
   by :func:`uws_core.weights.peft_state.compact_lora_pair` to its numerical rank (at most ``min(d_out, d_in)``).
@@ -39,7 +40,8 @@ import torch
 
 from uws_core.linalg.device import ACCUM_DTYPE, pick_device
 from uws_core.linalg.numerics import thread_settings
-from uws_core.linalg.lora import FactoredModelBasis, lora_product_spectrum
+from uws_core.linalg.lora import lora_product_spectrum
+from uws_core.linalg.lora_model_basis import FactoredModelBasis
 from uws_core.weights.peft_state import compact_lora_pair, join_lora_state, split_lora_state
 from uws_core.linalg.spectral import ShapeMismatchError, check_finite
 from uws_core.linalg.subspace import eigh_descending, model_axis_eigen

@@ -2,7 +2,7 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``file_checks``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -41,7 +41,7 @@ _API = {
     "check_repo_id": "safe_paths",
     "check_weight": "dtype_policy",
     "checkpoint_spectra": "key_spectra",
-    "checksum_problem": "hub",
+    "checksum_problem": "file_checks",
     "committed_fingerprints": "fingerprints",
     "compact_lora_pair": "peft_state",
     "compare_fingerprints": "resume_fingerprints",
@@ -55,10 +55,10 @@ _API = {
     "drive_keys": "run_dirs",
     "entry_paths": "hub_paths",
     "file_fingerprint": "resume_fingerprints",
-    "file_sha256": "cache",
+    "file_sha256": "file_checks",
     "format_gib": "dtype_policy",
     "free_bytes": "hub_paths",
-    "git_blob_sha1": "hub",
+    "git_blob_sha1": "file_checks",
     "hub_offline": "hub",
     "join_lora_state": "peft_state",
     "key_filename": "run_dirs",
@@ -82,7 +82,7 @@ _API = {
     "save_peft_adapter": "peft_state",
     "scale": "scale",
     "select_keys": "run_dirs",
-    "shape_problems": "hub",
+    "shape_problems": "file_checks",
     "side_dirs": "hub_paths",
     "spectrum_summary": "key_spectra",
     "split_lora_state": "peft_state",
