@@ -166,9 +166,9 @@ def memory_limit(args: argparse.Namespace) -> float:
 
 def check_memory(pop, kind: str, keys: list[str], unfolding: str, center: str, limit: float) -> None:
     """Refuse, before anything is allocated, a key whose memory bound (from the headers' shapes alone,
-    :func:`uws_core.weights.population_spectra.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
+    :func:`uws_core.weights.memory_bounds.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
     ``limit``; the message names the key, its shape, the bound and the limit."""
-    from uws_core.weights.population_spectra import STORED_BYTES, memory_bound_bytes
+    from uws_core.weights.memory_bounds import STORED_BYTES, memory_bound_bytes
 
     for key in keys:
         if kind == "adapters":

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from conftest import numpy_spectrum_reference
 from uws_core.weights.adapters import AdapterSet
 from uws_core.weights.checkpoints import CheckpointSet
-from uws_core.weights.population_spectra import (MatrixPopulation, ResumeError, memory_bound_bytes, open_population,
-                                         population_spectra)
+from uws_core.weights.memory_bounds import memory_bound_bytes
+from uws_core.weights.population_spectra import (MatrixPopulation, ResumeError, open_population,
+                                                 population_spectra)
 from uws_core.linalg.spectral import stack_spectrum
 
 TOL = 1e-10
@@ -197,16 +198,6 @@ def test_model_axis_basis_and_memory_guard(checkpoint_population, tmp_path):
     res = population_spectra(cs, tmp_path / "g", "rows", "models", keys=[key], max_key_bytes=bound["total"] - 1,
                              progress=False)
     assert res["computed"] == [] and res["too_big"][key]["total"] == bound["total"]
-
-
-def test_memory_bound_of_paper_shapes():
-    """The per-key bounds quoted in docs/paper_scale.md: Llama-3-8B down_proj (4096, 14336) bf16, N = 50."""
-    rows = memory_bound_bytes((4096, 14336), 50, "rows", "models", stored_bytes=2)
-    assert rows["gram"] == 8 * 14336 ** 2 and rows["total"] / 2 ** 30 == pytest.approx(7.0, abs=0.01)
-    model = memory_bound_bytes((4096, 14336), 50, "model", "models", stored_bytes=2, chunk=2)
-    assert model["stored_models"] == 50 * 4096 * 14336 * 2 and model["total"] < 80 * 2 ** 30
-    lora = memory_bound_bytes((1024, 4096), 500, "model", "models", lora_rank=16, chunk=64)
-    assert lora["factors"] == 8 * 500 * 16 * (1024 + 4096) and lora["total"] < 2 ** 30
 
 
 def test_non_finite_weight_is_refused_naming_model_and_key(checkpoint_population, tmp_path):

@@ -353,5 +353,5 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
     return outcome
 
 
-__all__ = ["HubError", "hub_offline", "lock_entry", "lock_manifest", "download_manifest", "DownloadReport", "FileOutcome", "side_dirs",
-           "ManifestError", "split_cell"]
+__all__ = ["HubError", "hub_offline", "lock_entry", "lock_manifest", "download_manifest", "DownloadReport", "FileOutcome",
+           "side_dirs", "ManifestError", "split_cell"]
