@@ -2,8 +2,8 @@
 
 import pytest
 
-from uws_core.weights.memory_bounds import (GRAM_CHUNK_BYTES, factored_memory_bound_bytes, kohya_memory_bound_bytes,
-                                            memory_bound_bytes, model_axis_chunk)
+from uws_core.weights.memory_bounds import (GRAM_CHUNK_BYTES, factored_memory_bound_bytes, in_memory_key_bound_bytes,
+                                            kohya_memory_bound_bytes, memory_bound_bytes, model_axis_chunk)
 
 
 def test_memory_bound_of_paper_shapes():
@@ -26,3 +26,27 @@ def test_factored_and_kohya_bounds_add_their_parts():
     assert f == {"factors": 16 * 10 * 4 * 96, "small_grams": 64 * 40 ** 2, "total": 16 * 10 * 4 * 96 + 64 * 40 ** 2}
     k = kohya_memory_bound_bytes((1280, 1280), [32] * 267)
     assert k["factors"] == 8 * 8544 * 2560 and k["total"] / 1e9 == pytest.approx(0.26, abs=0.01)  # the docstring's SDXL example
+
+
+class _Pop:
+    """Two models whose keys have the given shapes and stored dtype (what AdapterSet / CheckpointSet report)."""
+
+    def __init__(self, shape, dtype="BF16"):
+        self._shape, self._dtype = shape, dtype
+
+    def __len__(self):
+        return 2
+
+    def shape(self, key):
+        return self._shape
+
+    def dtype(self, key):
+        return self._dtype
+
+
+def test_in_memory_key_bound_adds_the_stacked_factors_of_adapters():
+    shape, bound = in_memory_key_bound_bytes(_Pop((32, 4, 16)), "adapters", "q", "rows", "models")
+    assert shape == (32, 16)
+    assert bound == memory_bound_bytes((32, 16), 2, "rows", "models", lora_rank=4)["total"] + 8 * 2 * 4 * 48
+    shape, bound = in_memory_key_bound_bytes(_Pop([32, 16], "F32"), "checkpoints", "w", "rows", "models")
+    assert shape == (32, 16) and bound == memory_bound_bytes((32, 16), 2, "rows", "models", 4)["total"]

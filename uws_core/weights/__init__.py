@@ -63,6 +63,7 @@ _API = {
     "free_bytes": "hub_paths",
     "git_blob_sha1": "file_checks",
     "hub_offline": "hub",
+    "in_memory_key_bound_bytes": "memory_bounds",
     "join_lora_state": "peft_state",
     "key_filename": "run_dirs",
     "kohya_memory_bound_bytes": "memory_bounds",

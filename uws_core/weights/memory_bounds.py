@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["STORED_BYTES", "GRAM_CHUNK_BYTES", "memory_bound_bytes", "model_axis_chunk", "factored_memory_bound_bytes",
-           "kohya_memory_bound_bytes"]
+           "kohya_memory_bound_bytes", "in_memory_key_bound_bytes"]
 
 STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}  # safetensors dtype -> bytes
 GRAM_CHUNK_BYTES = 1 << 30  # model axis: float64 bytes of one prepared Gram chunk (two are live at once)
@@ -78,3 +78,15 @@ def kohya_memory_bound_bytes(shape, ranks) -> dict:
     parts = {"lora_A": 24 * d_in ** 2, "lora_B": 24 * d_out ** 2, "factors": 8 * big_r * (d_out + d_in),
              "workspace": 16 * big_r * int(ranks.max()), "gram": 8 * n * n}
     return {**parts, "total": sum(parts.values())}
+
+
+def in_memory_key_bound_bytes(pop, kind: str, key: str, unfolding: str, center: str) -> tuple[tuple[int, int], int]:
+    """``((d_out, d_in), bound)`` of one key of the in-memory ``uws spectrum`` path: :func:`memory_bound_bytes`
+    from the headers' shapes (and stored dtype), plus the stacked float64 factors ``8 N r (d_out + d_in)`` for
+    ``kind == "adapters"`` (``pop.shape(key)`` is then ``(d_out, r, d_in)``)."""
+    if kind == "adapters":
+        d_out, r, d_in = pop.shape(key)
+        bound = memory_bound_bytes((d_out, d_in), len(pop), unfolding, center, lora_rank=r)["total"]
+        return (d_out, d_in), bound + 8 * len(pop) * r * (d_out + d_in)
+    shape = tuple(pop.shape(key))
+    return shape, memory_bound_bytes(shape, len(pop), unfolding, center, STORED_BYTES.get(pop.dtype(key), 8))["total"]
