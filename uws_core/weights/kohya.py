@@ -44,8 +44,8 @@ from safetensors import SafetensorError, safe_open
 from uws_core.linalg.device import pick_device
 from uws_core.linalg.spectral import Spectrum
 from uws_core.linalg.varying_rank import FactoredProductGram, StackedRowSpectrum
-from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
-                                          unique_names)
+from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, named_paths, natural_key,
+                                          read_safetensors_header)
 from uws_core.weights.memory_bounds import kohya_memory_bound_bytes
 from uws_core.weights.run_dirs import FORMAT, FORMAT_VERSION, drive_keys, prepare_out, select_keys, summarize
 from uws_core.weights import dtype_policy
@@ -195,12 +195,7 @@ class KohyaLoraSet:
     """
 
     def __init__(self, paths: Sequence[Path | str], names: Sequence[str] | None = None):
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise KohyaFormatError("no LoRA files or directories given")
-        self.names = list(names) if names is not None else unique_names(self.paths)
-        if len(self.names) != len(self.paths) or len(set(self.names)) != len(self.names):
-            raise KohyaFormatError(f"names must be unique, one per LoRA; got {self.names}")
+        self.paths, self.names = named_paths(paths, names, KohyaFormatError, "LoRA files or directories", one="LoRA")
         self.files = [lora_file(p) for p in self.paths]
         self._modules, self._alphas, self.alpha_missing = [], [], {}
         for name, path in zip(self.names, self.files):
