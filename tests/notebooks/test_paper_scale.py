@@ -68,3 +68,18 @@ def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path)
     vit = {row["setting"]: row for row in res["tables"]["vit"]}
     assert "acc" not in vit["k=16"] and vit["90% EV"]["ratio"] > 0        # bytes only, no quality at paper scale
     assert (tmp_path / "results" / "06_spectra" / "vit" / "spectra.json").is_file()
+
+
+def test_notebook_05_at_paper_scale_builds_the_bases_and_counts_only(tmp_path):
+    """The manifest's ViTs (tiny ones under their hub ids, the base beside them): the paper-scale loader
+    (uws_core.experiments.adaptation_data.vit_adaptation_paper) builds the frozen bases with the mean task vector,
+    the notebook reports the trainable counts and trains nothing (no task data at paper scale)."""
+    ids = list(load_manifest("vit")["repo_id"][:6])
+    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub"}, {"MAX_MODELS": 6})
+    assert "vit_summary" not in res and "lm_tasks" not in res    # no run at paper scale
+    counts = {(r["method"], r["k"]): r for r in res["trainable_counts"]}
+    # one block: q, k, v, attention out (32 x 32), fc1 (64 x 32), fc2 (32 x 64)
+    assert counts["full", 0]["ours"] == 4 * 32 * 32 + 2 * 64 * 32
+    assert counts["subspace", 4]["ours"] == 4 * (4 * 32 + 64 + 32)  # d_out * k per matrix
+    assert counts["full", 0]["vit_b"] == 12 * (4 * 768 * 768 + 2 * 3072 * 768)
