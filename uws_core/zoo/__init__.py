@@ -80,6 +80,7 @@ _API = {
     "save_llama": "llama_model",
     "save_vit": "vit_model",
     "scratch_plan": "vit_tasks",
+    "seeded_llama_model": "llama_model",
     "set_slot": "progress",
     "split_indices": "vit_tasks",
     "stacked_accuracy": "vit_model",
