@@ -127,7 +127,7 @@ def run_child(cmd, env=None, timeout=None) -> dict:
 
 
 # `uws spectra` with the (N r)^2 solver switched off: the d x d streaming path of before (the "before" numbers)
-DENSE_PATH = ("import sys; import uws_core.weights.population_spectra as ps; ps.uses_small_gram = lambda n, d: False; "
+DENSE_PATH = ("import sys; import uws_core.weights.population_spectra as ps; ps.FACTORED_ADAPTER_KEYS = False; "
               "from uws_core.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
