@@ -233,41 +233,44 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
 
 
 def factored_lora_spectra(B, A, unfolding: str = "rows", center: str = "models", scaling=None,
-                          factor_center: str = "samples", device=None, check: bool = True) -> dict:
+                          factor_center: str = "samples", device=None, check: bool = True, products=None) -> dict:
     """The three spectra ``uws spectra`` reports for one LoRA module key, from small Grams where they pay.
 
     * ``lora_A``: A stack (N, r, d_in), "rows" unfolding, centred ``factor_center`` (authors' recipe:
       "samples"), unscaled -- :func:`stacked_rows_spectrum`;
     * ``lora_B``: B stack (N, d_out, r), "cols" unfolding (rows of B_i^T), same centring, unscaled;
     * ``product``: ``s_i B_i A_i`` in ``unfolding`` / ``center`` -- :func:`factored_product_spectrum` when
-      its feature dimension exceeds N r (or for the model axis), else ``uws_core.linalg.lora.lora_product_spectrum``
-      (the d x d factored route).
+      its feature dimension exceeds N r (or for the model axis), else :func:`product_feature_spectrum` (the
+      d x d Gram from the factors), or ``uws_core.linalg.lora.lora_product_spectrum`` when the mean dominates.
+    * ``products``: optional ``{label: (unfolding, center)}``; then one product spectrum per label (instead
+      of ``product``), all sharing the two factor Grams (notebook 01's views, ``experiments.views``).
 
-    Returns ``{"lora_A": Spectrum, "lora_B": Spectrum, "product": Spectrum}``.
+    Returns ``{"lora_A": Spectrum, "lora_B": Spectrum, "product": Spectrum}`` (or the labels of ``products``).
     """
     from uws_core.linalg.lora import lora_product_spectrum
 
     dev = pick_device(device)
     b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)  # (N, d_out, r)
     a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)  # (N, r, d_in)
-    if check:  # once for the three views (``check=False``: the caller's loader has checked, e.g. AdapterSet)
+    if check:  # once for all views (``check=False``: the caller's loader has checked, e.g. AdapterSet)
         check_finite(b)
         check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
-    d_feat = d_in if unfolding == "rows" else d_out
-    product_small = unfolding == "model" or uses_small_gram(n * r, d_feat)
-    g_a, g_b = _factor_grams(b, a, need_a=product_small or uses_small_gram(n * r, d_in),
-                             need_b=product_small or uses_small_gram(n * r, d_out))
+    products = {"product": (unfolding, center)} if products is None else dict(products)
+    small = {label: u == "model" or uses_small_gram(n * r, d_in if u == "rows" else d_out)
+             for label, (u, _) in products.items()}
+    g_a, g_b = _factor_grams(b, a, need_a=any(small.values()) or uses_small_gram(n * r, d_in),
+                             need_b=any(small.values()) or uses_small_gram(n * r, d_out))
     out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in), gram=g_a, check=False),
            "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r), gram=g_b,
                                            check=False)}
-    if product_small:
-        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=(g_a, g_b),
-                                                   check=False)
-    else:  # N r >= d: the d x d Gram from the factors; the streaming route when the mean dominates
-        out["product"] = (product_feature_spectrum(b, a, unfolding, center, scaling, dev, check=False)
-                          or lora_product_spectrum(b, a, unfolding, center, k=0, device=dev, scaling=scaling))
+    for label, (unf, cen) in products.items():
+        if small[label]:
+            out[label] = factored_product_spectrum(b, a, unf, cen, scaling, dev, grams=(g_a, g_b), check=False)
+        else:  # N r >= d: the d x d Gram from the factors; the streaming route when the mean dominates
+            out[label] = (product_feature_spectrum(b, a, unf, cen, scaling, dev, check=False)
+                          or lora_product_spectrum(b, a, unf, cen, k=0, device=dev, scaling=scaling))
     return out
 
 
