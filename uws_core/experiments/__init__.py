@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
+Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``task_study``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -18,6 +18,7 @@ _API = {
     "DECODINGS": "task_eval",
     "Decoding": "task_eval",
     "Evaluator": "task_eval",
+    "FunctionalSetup": "task_study",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
     "LoraStack": "lora_projection",
@@ -36,6 +37,7 @@ _API = {
     "TaskExample": "task_data",
     "add_evaluate_parser": "task_eval_cli",
     "apply_delta": "merging",
+    "available_tasks": "task_study",
     "basis_only_accuracy": "replication_loo",
     "basis_only_reconstructions": "replication_loo",
     "bootstrap_mean_ci": "lora_loo_accuracy",
@@ -44,14 +46,18 @@ _API = {
     "check_deltas": "merging",
     "checkpoint_key_spectra_with_null": "views",
     "dare_merge": "merging",
+    "evaluate_runs": "task_study",
     "evaluate_task": "task_eval",
     "evaluate_tasks": "task_eval",
     "exact_match": "task_scores",
     "fit_factor_basis": "lora_projection",
     "fit_runs": "adaptation",
     "fit_subspace": "merging",
+    "format_table": "task_study",
     "full_numbers": "compression",
     "functional_forward": "adaptation",
+    "functional_setup": "task_study",
+    "gain_kept": "task_study",
     "generation_memory_bytes": "task_eval",
     "heldout_variants": "task_adapters",
     "in_sample_relative_errors": "replication_loo",
@@ -72,6 +78,7 @@ _API = {
     "norm": "merging",
     "normalize_answer": "task_scores",
     "paired_difference_ci": "task_scores",
+    "paired_table": "task_study",
     "peft_factor_merge": "peft_merge",
     "population_stack": "lora_loo_accuracy",
     "project_factors": "lora_projection",
@@ -80,6 +87,7 @@ _API = {
     "ratio": "compression",
     "read_results": "task_eval",
     "rouge_l": "task_scores",
+    "rouge_table": "task_study",
     "run_evaluate": "task_eval_cli",
     "savings": "compression",
     "score_prediction": "task_scores",
@@ -104,6 +112,8 @@ _API = {
     "vit_loss_fn": "adaptation_tasks",
     "with_scaling": "replication_loo",
     "write_adapter_state": "task_adapters",
+    "write_in_sample_variants": "task_study",
+    "write_loo_variants": "task_study",
     "write_variants": "task_adapters",
 }
 
