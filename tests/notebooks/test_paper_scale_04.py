@@ -47,6 +47,7 @@ def test_notebook_04_at_paper_scale_scores_every_merge_by_rouge_l(tmp_path):
     assert f["tasks"] == w["iid"][:2] and f["missing"] == w["iid"][2:] and f["precision"] == "float32"
     table = {r["method"]: r for r in f["table"]}
     assert set(table) == {"base", "individual", "mean", "task arithmetic", "TIES", "DARE", "subspace k=16", "KnOTS-TIES"}
+    assert table["individual"]["rougeL"] > table["base"]["rougeL"]  # the fixture's adapters are fitted to their tasks
     for r in table.values():
         assert r["tasks"] == 2 and r["n"] == 6 and 0 <= r["rougeL_lo"] <= r["rougeL"] <= r["rougeL_hi"] <= 100
     paired = {p["comparison"]: p for p in f["paired"]}

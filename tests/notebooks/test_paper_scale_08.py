@@ -25,6 +25,7 @@ def test_notebook_08_at_paper_scale_gives_rouge_tables_with_cis(tmp_path):
         runs = {r["run"]: r for r in g["table"]}
         assert set(runs) == {"base", "own", "mean_of_others", "factors_mean_k2", "factors_nomean_k2", "product_mean_k2",
                              "product_nomean_k2", "factors_random_mean_k2", "factors_random_nomean_k2", "basis_only_k2"}
+        assert runs["own"]["rougeL"] > runs["base"]["rougeL"]       # the fixture's adapters are fitted to their tasks
         for r in runs.values():
             assert r["tasks"] == 2 and r["n"] == 6
             for m in ("rougeL", "rougeL_max", "exact_match"):
