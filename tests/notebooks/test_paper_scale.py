@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import adapters_under_manifest_ids, run_notebook
 from task_world import write_task_world
+from uws_core.report import claims
 from uws_core.weights.manifests import load_manifest
 
 N = 6
@@ -92,3 +93,5 @@ def test_notebook_06_at_paper_scale_measures_the_rouge_l_kept_at_each_k(tmp_path
     # k = 64 spans the whole 32-dim input and 32 / 16-dim output spaces of the tiny adapters: the adapter comes back
     assert table["k=64"]["rougeL"] == table["own"]["rougeL"]
     assert {p["comparison"] for p in f["paired"]} == {f"{s} - own" for s in list(table)[2:]}
+    row = claims.lora_compression(claims.load_all(tmp_path / "results"))   # the ledger reads the ROUGE-L kept
+    assert row.verdict in (claims.HOLDS, claims.FAILS) and "keeping 95% ROUGE-L" in row.ours

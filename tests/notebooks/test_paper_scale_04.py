@@ -9,6 +9,7 @@ import torch
 
 from conftest import adapters_under_manifest_ids, run_notebook
 from task_world import write_task_world
+from uws_core.report import claims
 from uws_core.weights.adapters import AdapterSet
 
 N = 8
@@ -59,3 +60,6 @@ def test_notebook_04_at_paper_scale_scores_every_merge_by_rouge_l(tmp_path):
     # the subspace merge is the mean merge: the same update, so (float32 on disk) the same predictions
     assert paired["subspace k=16 - mean"]["diff"] == 0.0
     assert len(f["timing"]) == 16                                  # 8 runs x 2 tasks, each timed
+    row = claims.merging(claims.load_all(tmp_path / "results"))    # the ledger reads these numbers
+    assert row.ours.startswith("paper scale, float32 on cpu, greedy decoding, full test splits, 2 tasks, ROUGE-L")
+    assert row.verdict == claims.FAILS                             # subspace = mean: never 2 points above it

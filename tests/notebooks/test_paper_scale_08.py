@@ -9,6 +9,7 @@ reviewer with the downloads and a GPU runs (``docs/paper_scale.md``).
 
 from conftest import run_notebook
 from task_world import write_task_world
+from uws_core.report import claims
 
 
 def test_notebook_08_at_paper_scale_gives_rouge_tables_with_cis(tmp_path):
@@ -39,6 +40,9 @@ def test_notebook_08_at_paper_scale_gives_rouge_tables_with_cis(tmp_path):
     # per-example results are on disk, one line per test example, resumable
     ev = tmp_path / "results" / "08_task_eval" / "eval" / "ood" / "own"
     assert len((ev / f"{w['ood'][0]}.jsonl").read_text().splitlines()) == 3 and (ev / "summary.csv").is_file()
+    row = claims.lora_loo(claims.load_all(tmp_path / "results"))          # the ledger reads these numbers
+    assert row.ours.startswith("paper scale, float32 on cpu, greedy decoding, full test splits: IID (2 tasks)")
+    assert row.verdict in (claims.HOLDS, claims.FAILS)
 
 
 def test_notebook_08_at_paper_scale_says_when_the_functional_part_cannot_run(tmp_path):
@@ -46,3 +50,5 @@ def test_notebook_08_at_paper_scale_says_when_the_functional_part_cannot_run(tmp
     res = run_notebook("08_lora_functional_loo", tmp_path, {"UWS_MISTRAL_LORA_DIR": w["loras"], "UWS_MISTRAL_BASE": None,
                                                             "UWS_TASK_DATA_DIR": None}, {"K_ERR": [0, 2]})
     assert "functional_paper" not in res and "UWS_MISTRAL_BASE and UWS_TASK_DATA_DIR not set" in res["functional"]
+    row = claims.lora_loo(claims.load_all(tmp_path / "results"))
+    assert row.verdict == claims.NOT_TESTED and row.ours.startswith("not measured at paper scale: functional")
