@@ -55,6 +55,13 @@ def functional_setup(base: str | None, revision: str | None, data_root: str | Pa
                 "practical, see docs/paper_scale.md)")
     if not Path(data_root).is_dir():
         return f"functional evaluation not run: UWS_TASK_DATA_DIR={data_root} is not a directory"
+    limit = settings.get("limit")
+    if isinstance(limit, str):  # from the environment (UWS_EVAL_LIMIT); "" = every example
+        if limit.strip() and not limit.strip().isdigit():
+            raise ValueError(f"UWS_EVAL_LIMIT must be a positive number of test examples per task, got {limit!r}")
+        settings["limit"] = int(limit) if limit.strip() else None
+    if settings.get("limit") is not None and settings["limit"] < 1:
+        raise ValueError(f"the test examples per task (UWS_EVAL_LIMIT) must be >= 1, got {settings['limit']}")
     return FunctionalSetup(str(base), revision or None, Path(data_root), **settings)
 
 
@@ -104,7 +111,7 @@ def write_loo_variants(train_dirs: Sequence[Path], train_ids: Sequence[str], hel
 
 def write_in_sample_variants(stack, tasks: Mapping[str, int], settings: Sequence[tuple[str, Mapping[str, int]]],
                              out: Path | str, like: dict) -> dict[str, dict[str, Path]]:
-    """``{setting label: {task: adapter dir}}``: adapter ``tasks[t]`` of ``stack`` rebuilt from the top-k factor
+    """``{run_name(setting label): {task: adapter dir}}`` in the settings' order: adapter ``tasks[t]`` of ``stack`` rebuilt from the top-k factor
     bases of all adapters of the stack (k per module from each setting), mean column added back; written under
     ``out/<task>/<run_name(label)>/``."""
     from uws_core.experiments.lora_projection import fit_factor_basis, project_factors
@@ -123,9 +130,7 @@ def write_in_sample_variants(stack, tasks: Mapping[str, int], settings: Sequence
         safe = {label: run_name(label) for label, _ in settings}
         variants = {safe[label]: (join_lora_state(pairs[label][t], torch.float64), float(stack.scalings[i]))
                     for label, _ in settings}
-        paths = write_variants(variants, out, t, like)
-        for label, p in zip(safe, paths):
-            runs.setdefault(label, {})[t] = p
+        _register(runs, variants, write_variants(variants, out, t, like), t)
     return runs
 
 
