@@ -242,3 +242,13 @@ def test_spectra_dispatches_kohya_loras(tmp_path, capsys):
         assert set(key["spectra"]) == {"lora_A", "lora_B", "product"} and len(set(key["ranks"])) > 1
     err = fails_cmd(capsys, "spectrum", root, "--unfolding", "model", "--out", tmp_path / "one.json")
     assert "uws spectra" in err
+
+
+def test_parser_and_hub_commands_start_without_torch():
+    """`uws --help`, `uws manifest lock` and `uws download` import neither torch nor transformers (about 2 s of CPU
+    per call): the parser's choices come from linalg.conventions, the hub checks headers with safetensors' numpy
+    framework (weights.safetensors_header)."""
+    code = ("import sys; from uws_core import cli; import uws_core.weights.hub, uws_core.weights.manifests; "
+            "cli.build_parser(); print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -47,16 +47,10 @@ from pathlib import Path
 
 from uws_core.experiments.task_eval_cli import add_evaluate_parser, run_evaluate
 from uws_core.weights import dtype_policy, safe_paths
-from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir
-from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
-from uws_core.weights.key_spectra import adapter_spectra, checkpoint_spectra, spectrum_summary
-from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
-from uws_core.weights.memory_bounds import in_memory_key_bound_bytes
-from uws_core.weights import recipe_runs
-from uws_core.linalg import recipes
-from uws_core.linalg.recipes import RECIPES, SCALINGS
-from uws_core.report.spectra_report import spectrum_table
-from uws_core.linalg.spectral import CENTERS, UNFOLDINGS
+from uws_core.linalg.conventions import CENTERS, DEFAULT_SCALING, RECIPES, SCALINGS, UNFOLDINGS
+
+# The weight readers and solvers (torch) are imported inside the commands that use them: `uws --help`,
+# `uws manifest lock` and `uws download` start without torch (tests/test_cli.py checks it).
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +68,10 @@ def find_population(paths: list[Path | str]) -> tuple[str, list[Path], list[str]
     directory is a root whose adapter or checkpoint subdirectories (any depth) are taken, named by
     their path relative to the root when it is the only path given.
     """
+    from uws_core.weights.adapters import find_adapter_dirs, is_adapter_dir
+    from uws_core.weights.checkpoints import find_checkpoint_dirs, is_checkpoint_dir, unique_names
+    from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
+
     kinds, dirs, names = set(), [], []
     for p in map(Path, paths):
         if not p.is_dir():
@@ -114,7 +112,13 @@ def run_spectrum(args: argparse.Namespace) -> dict:
         raise CliInputError("give --unfolding (with --center) or --recipe")
     if args.recipe is not None and args.unfolding is not None:
         raise CliInputError("--recipe fixes the unfolding and centring; do not also give --unfolding")
-    scaling = args.scaling or recipes.DEFAULT_SCALING[args.recipe]
+    from uws_core.linalg import recipes
+    from uws_core.weights import recipe_runs
+    from uws_core.weights.adapters import AdapterSet
+    from uws_core.weights.checkpoints import CheckpointSet
+    from uws_core.weights.key_spectra import adapter_spectra, checkpoint_spectra, spectrum_summary
+
+    scaling = args.scaling or DEFAULT_SCALING[args.recipe]
     kind, dirs, names = find_population(args.dirs)
     if kind == "kohya":
         raise CliInputError("kohya LoRAs (ranks differ per adapter): use `uws spectra DIRS --out DIR`")
@@ -169,6 +173,8 @@ def check_memory(pop, kind: str, keys: list[str], unfolding: str, center: str, l
     :func:`uws_core.weights.memory_bounds.in_memory_key_bound_bytes`) exceeds ``limit``; the message names the
     key, its shape, the bound and the limit."""
     for key in keys:
+        from uws_core.weights.memory_bounds import in_memory_key_bound_bytes
+
         shape, bound = in_memory_key_bound_bytes(pop, kind, key, unfolding, center)
         if bound > limit:
             raise CliInputError(f"key {key!r} (shape {tuple(shape)}, {len(pop)} models, model {pop.names[0]!r} ...) "
@@ -259,9 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def population_spectra_doc() -> str:
-    from uws_core.weights import population_spectra
+    """The first paragraph of :mod:`uws_core.weights.population_spectra`'s docstring, read from its source (no
+    torch import for the parser)."""
+    import ast
 
-    return population_spectra.__doc__.split("\n\n")[0]
+    source = Path(__file__).resolve().parent / "weights" / "population_spectra.py"
+    return ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))).split("\n\n")[0]
 
 
 # the notebooks' paper-scale directories: the default --dest of ``uws download``
@@ -277,7 +286,7 @@ def run_spectra(args: argparse.Namespace) -> str:
     pop = (AdapterSet.from_dirs(dirs, names=names) if kind == "adapters"
            else KohyaLoraSet.from_dirs(dirs, names=names) if kind == "kohya"
            else MatrixPopulation(dirs, names=names, strict=not args.allow_missing_keys))
-    scaling = args.scaling or recipes.DEFAULT_SCALING[args.recipe]
+    scaling = args.scaling or DEFAULT_SCALING[args.recipe]
     res = population_spectra(pop, args.out, args.unfolding, args.center, keys=args.keys, basis_k=args.basis_k,
                              resume=args.resume, device=args.device, recipe=args.recipe, scaling=scaling,
                              max_key_bytes=memory_limit(args))
@@ -370,6 +379,8 @@ def main(argv: list[str] | None = None, api=None) -> int:
         else:
             message = run_lock(args, api=api)
         if args.command == "spectrum":
+            from uws_core.report.spectra_report import spectrum_table
+
             safe_paths.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
             message = spectrum_table(result) + (f"wrote spectra of {len(result['keys'])} keys x "
                                                 f"{result['n_models']} {result['source']} to {args.out}\n")

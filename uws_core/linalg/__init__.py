@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``partial_eigen``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``conventions``, ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``partial_eigen``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -13,8 +13,9 @@ from uws_core import lazy_exports
 #: public name -> module of this package that defines it
 _API = {
     "ACCUM_DTYPE": "device",
-    "CENTERS": "spectral",
+    "CENTERS": "conventions",
     "ChunkedGram": "subspace",
+    "DEFAULT_SCALING": "conventions",
     "FactoredModelBasis": "lora_model_basis",
     "FactoredProductGram": "varying_rank",
     "KERNEL_THREADS": "numerics",
@@ -24,8 +25,8 @@ _API = {
     "PINNED_ENV": "numerics",
     "PINNED_PROFILE": "numerics",
     "PROGRESS_ENV": "numerics",
-    "RECIPES": "recipes",
-    "SCALINGS": "recipes",
+    "RECIPES": "conventions",
+    "SCALINGS": "conventions",
     "SOURCES": "recipes",
     "ShapeMismatchError": "spectral",
     "Spectrum": "spectral",
@@ -35,7 +36,7 @@ _API = {
     "TOPK_MAX_ITER": "partial_eigen",
     "TOPK_TOL": "partial_eigen",
     "TopEig": "partial_eigen",
-    "UNFOLDINGS": "spectral",
+    "UNFOLDINGS": "conventions",
     "as_tensor": "device",
     "authors_figure_evr": "recipes",
     "authors_pca": "recipes",

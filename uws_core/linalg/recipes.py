@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from uws_core.linalg.conventions import DEFAULT_SCALING, RECIPES, SCALINGS  # noqa: F401 (re-exported)
 from uws_core.linalg.device import ACCUM_DTYPE, as_tensor
 from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
 from uws_core.linalg.lora_model_basis import check_lora_pairs
@@ -51,8 +52,6 @@ __all__ = ["RECIPES", "SCALINGS", "SOURCES", "authors_pca", "authors_pca_lora", 
            "authors_pca_evr", "authors_figure_evr", "authors_subspace", "replication", "replication_null",
            "replication_recon_errors", "product_scaling", "global_std", "lora_uncentred_norm_sq"]
 
-RECIPES = ("authors-pca", "authors-subspace", "replication")
-SCALINGS = ("alpha-over-r", "none")
 #: which peer file each recipe follows (printed in output files and figure titles)
 SOURCES = {
     "authors-pca": "toshi2k2/unisub Mistral_LoRAs/run_pca.py (mean matrix removed, rows stacked, sklearn PCA)",
@@ -60,7 +59,6 @@ SOURCES = {
     "replication": "cahlen/universal-subspace-stress-test phase1_lora_spectral/analyze.py (B@A flattened, centred)",
 }
 #: the product's scaling each recipe uses unless told otherwise
-DEFAULT_SCALING = {"authors-pca": "none", "authors-subspace": "none", "replication": "none", None: "alpha-over-r"}
 AUTHORS_MAX_COMPONENTS = 300  # run_pca.py L11 / L113
 AUTHORS_EV_TARGET = 0.90  # run_pca.py L123
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from uws_core.linalg.conventions import CENTERS, UNFOLDINGS  # noqa: F401 (re-exported)
 from uws_core.linalg.device import ACCUM_DTYPE, as_tensor, pick_device
 from uws_core.linalg.subspace import (ChunkedGram, eigh_descending, explained_variance_ratio, fix_signs,
                                k_for_threshold, model_axis_eigen, project, reconstruct, resolve_k)
@@ -35,9 +36,6 @@ __all__ = ["Spectrum", "unfold", "center_stack", "stack_spectrum", "StreamingSpe
            "NonFiniteWeightError", "ShapeMismatchError"]
 
 log = logging.getLogger(__name__)
-
-UNFOLDINGS = ("rows", "cols", "model")
-CENTERS = ("none", "models", "samples")
 
 
 class NonFiniteWeightError(ValueError):

@@ -2,7 +2,7 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``file_checks``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``memory_bounds``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``file_checks``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``memory_bounds``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``safetensors_header``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -15,6 +15,7 @@ _API = {
     "COMMITTED": "fingerprints",
     "CONTENT_HASH_MAX_BYTES": "resume_fingerprints",
     "CacheError": "cache",
+    "CheckpointFormatError": "safetensors_header",
     "DownloadReport": "hub_paths",
     "EntryPaths": "hub_paths",
     "FLOAT_CODES": "dtype_policy",
@@ -26,6 +27,7 @@ _API = {
     "LORA_A": "peft_state",
     "LORA_B": "peft_state",
     "MEMORY_FRACTION": "dtype_policy",
+    "MissingCheckpointFileError": "safetensors_header",
     "PEFT_PREFIX": "peft_state",
     "ResumeError": "run_dirs",
     "SCALES": "scale",
@@ -33,6 +35,7 @@ _API = {
     "STORED_BYTES": "memory_bounds",
     "THRESHOLDS": "key_spectra",
     "UnsafePathError": "safe_paths",
+    "WeightFormatError": "safetensors_header",
     "adapter_spectra": "key_spectra",
     "available_memory_bytes": "dtype_policy",
     "build_cached": "cache",
@@ -84,6 +87,7 @@ _API = {
     "prepare_out": "run_dirs",
     "read_info": "cache",
     "read_key_result": "run_dirs",
+    "read_safetensors_header": "safetensors_header",
     "read_stamp": "hub_paths",
     "record_fingerprints": "fingerprints",
     "save_peft_adapter": "peft_state",

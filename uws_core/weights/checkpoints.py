@@ -30,6 +30,8 @@ from safetensors import SafetensorError, safe_open
 
 from uws_core.linalg.numerics import transformers_quiet
 from uws_core.weights import dtype_policy, safe_paths
+from uws_core.weights.safetensors_header import (CheckpointFormatError, MissingCheckpointFileError,  # noqa: F401
+                                                WeightFormatError, read_safetensors_header)  # (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,6 @@ INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 # safetensors dtype codes of floating tensors (everything else, e.g. I64 buffers, is skipped)
 FLOAT_DTYPES = dtype_policy.FLOAT_CODES
-
-
-class WeightFormatError(ValueError):
-    """A weight file or directory that cannot be read as asked; the message names file and key."""
-
-
-class CheckpointFormatError(WeightFormatError):
-    """A transformers checkpoint that is missing, corrupt or inconsistent with the others."""
-
-
-class MissingCheckpointFileError(CheckpointFormatError, FileNotFoundError):
-    """A checkpoint file (single file, index or shard) that does not exist."""
 
 
 def natural_key(key: str) -> list:
@@ -99,27 +89,6 @@ def refuse_pickles(directory: Path, error: type[WeightFormatError]) -> None:
     if found:
         raise error(f"{directory}: only pickle weights ({', '.join(found)}) found; pickles are not loaded "
                     "(unpickling can run arbitrary code): convert them to safetensors first")
-
-
-def read_safetensors_header(path: Path, error: type[WeightFormatError] = CheckpointFormatError,
-                            owner: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
-    """Key -> (shape, safetensors dtype code) of one safetensors file, without reading any data.
-
-    The header parser checks that the declared byte ranges cover the file exactly, so a truncated
-    file, a file with trailing bytes or a garbage header raises ``error`` naming the file.
-    """
-    where = f"{owner}: " if owner else ""
-    if not path.is_file():
-        raise error(f"{where}{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            out = {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                out[key] = (tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype()))
-            return out
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise error(f"{where}{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
 
 
 def load_tensor(path: Path, key: str, error: type[WeightFormatError] = CheckpointFormatError,

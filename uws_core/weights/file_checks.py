@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
+from uws_core.weights.safetensors_header import WeightFormatError, read_safetensors_header
 
 if TYPE_CHECKING:
     from uws_core.weights.manifests import FileChecksum
