@@ -22,8 +22,11 @@ def test_model_axis_chunk_keeps_one_chunk_under_the_limit():
 
 
 def test_factored_and_kohya_bounds_add_their_parts():
-    f = factored_memory_bound_bytes((64, 32), 10, 4)
-    assert f == {"factors": 16 * 10 * 4 * 96, "small_grams": 64 * 40 ** 2, "total": 16 * 10 * 4 * 96 + 64 * 40 ** 2}
+    f = factored_memory_bound_bytes((64, 48), 10, 4)  # N r = 40 < d_in: no product factors
+    assert f == {"factors": 16 * 10 * 4 * 112, "grams": 64 * 40 ** 2, "product_factors": 0,
+                 "total": 16 * 10 * 4 * 112 + 64 * 40 ** 2}
+    g = factored_memory_bound_bytes((64, 32), 10, 4)  # N r = 40 >= d_in = 32: the product's W and mean too
+    assert g["product_factors"] == 8 * (40 + 64) * 32 and g["grams"] == 64 * 40 ** 2
     k = kohya_memory_bound_bytes((1280, 1280), [32] * 267)
     assert k["factors"] == 8 * 8544 * 2560 and k["total"] / 1e9 == pytest.approx(0.26, abs=0.01)  # the docstring's SDXL example
 

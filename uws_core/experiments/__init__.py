@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_data``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``views``.
+Modules: ``adaptation``, ``adaptation_data``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``task_study``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -18,6 +18,7 @@ _API = {
     "DECODINGS": "task_eval",
     "Decoding": "task_eval",
     "Evaluator": "task_eval",
+    "FunctionalSetup": "task_study",
     "HELD_OUT_FAMILIES": "adaptation_data",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
@@ -40,6 +41,7 @@ _API = {
     "VitAdaptationData": "adaptation_data",
     "add_evaluate_parser": "task_eval_cli",
     "apply_delta": "merging",
+    "available_tasks": "task_study",
     "basis_only_accuracy": "replication_loo",
     "basis_only_reconstructions": "replication_loo",
     "bootstrap_mean_ci": "lora_loo_accuracy",
@@ -49,14 +51,18 @@ _API = {
     "checkpoint_key_spectra_with_null": "views",
     "compact_product_pair": "lora_projection",
     "dare_merge": "merging",
+    "evaluate_runs": "task_study",
     "evaluate_task": "task_eval",
     "evaluate_tasks": "task_eval",
     "exact_match": "task_scores",
     "fit_factor_basis": "lora_projection",
     "fit_runs": "adaptation",
     "fit_subspace": "merging",
+    "format_table": "task_study",
     "full_numbers": "compression",
     "functional_forward": "adaptation",
+    "functional_setup": "task_study",
+    "gain_kept": "task_study",
     "generation_memory_bytes": "task_eval",
     "held_out_lora_tasks": "adaptation_data",
     "heldout_variants": "task_adapters",
@@ -80,6 +86,7 @@ _API = {
     "norm": "merging",
     "normalize_answer": "task_scores",
     "paired_difference_ci": "task_scores",
+    "paired_table": "task_study",
     "peft_factor_merge": "peft_merge",
     "population_stack": "lora_loo_accuracy",
     "project_factors": "lora_projection",
@@ -88,6 +95,7 @@ _API = {
     "ratio": "compression",
     "read_results": "task_eval",
     "rouge_l": "task_scores",
+    "rouge_table": "task_study",
     "run_evaluate": "task_eval_cli",
     "savings": "compression",
     "score_prediction": "task_scores",
@@ -115,6 +123,8 @@ _API = {
     "vit_task_vector_bases": "adaptation_data",
     "with_scaling": "replication_loo",
     "write_adapter_state": "task_adapters",
+    "write_in_sample_variants": "task_study",
+    "write_loo_variants": "task_study",
     "write_variants": "task_adapters",
 }
 

@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``partial_eigen``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -32,6 +32,9 @@ _API = {
     "StackedRowSpectrum": "varying_rank",
     "StreamingLoraSpectrum": "lora",
     "StreamingSpectrum": "spectral",
+    "TOPK_MAX_ITER": "partial_eigen",
+    "TOPK_TOL": "partial_eigen",
+    "TopEig": "partial_eigen",
     "UNFOLDINGS": "spectral",
     "as_tensor": "device",
     "authors_figure_evr": "recipes",
@@ -46,6 +49,7 @@ _API = {
     "compute_settings": "numerics",
     "concat_chunks": "lora_model_basis",
     "cpu_has_avx2": "numerics",
+    "dense_operator": "partial_eigen",
     "eigh_descending": "subspace",
     "explained_variance_ratio": "subspace",
     "factored_lora_spectra": "factored_spectra",
@@ -73,6 +77,8 @@ _API = {
     "pin_environment": "numerics",
     "pinned_env": "numerics",
     "principal_angles": "subspace",
+    "product_feature_gram": "factored_spectra",
+    "product_feature_spectrum": "factored_spectra",
     "product_scaling": "recipes",
     "profile": "numerics",
     "progress_disabled": "numerics",
@@ -89,6 +95,7 @@ _API = {
     "stack_spectrum": "spectral",
     "stacked_rows_spectrum": "factored_spectra",
     "thread_settings": "numerics",
+    "top_eigvalsh": "partial_eigen",
     "transformers_quiet": "numerics",
     "unfold": "spectral",
     "uses_small_gram": "factored_spectra",

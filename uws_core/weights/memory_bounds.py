@@ -58,11 +58,15 @@ def model_axis_chunk(big_d: int) -> int:
 
 
 def factored_memory_bound_bytes(shape, n: int, r: int) -> dict:
-    """Memory bound (bytes) of an adapter key on the small-Gram path of :mod:`uws_core.weights.population_spectra`
-    (N r < max(d_out, d_in)): the float64 factor stacks and their centred copies ``16 N r (d_out + d_in)``, four
-    (N r)^2 float64 Grams and their eigensolver workspace ``64 (N r)^2``."""
+    """Memory bound (bytes) of an adapter key on the factored path of :mod:`uws_core.weights.population_spectra`
+    (:func:`uws_core.linalg.factored_spectra.factored_lora_spectra`): the float64 factor stacks and their
+    centred copies ``16 N r (d_out + d_in)``; per view a Gram of side ``m = min(N r, max(d_out, d_in))`` and its
+    eigensolver workspace, ``32 m^2`` (four at once at most: ``64 m^2``); when N r >= d_in the product's
+    ``W (N r, d_in)`` and mean ``(d_out, d_in)``, ``8 (N r + d_out) d_in``."""
     d_out, d_in = shape
-    parts = {"factors": 16 * n * r * (d_out + d_in), "small_grams": 64 * (n * r) ** 2}
+    m = min(n * r, max(d_out, d_in))
+    parts = {"factors": 16 * n * r * (d_out + d_in), "grams": 64 * m ** 2,
+             "product_factors": 8 * (n * r + d_out) * d_in if n * r >= d_in else 0}
     return {**parts, "total": sum(parts.values())}
 
 

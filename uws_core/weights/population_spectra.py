@@ -295,7 +295,7 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
 def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
                  max_key_bytes, out, scaled: bool = True) -> dict:
     d_out, r, d_in = aset.shape(key)
-    if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, not d x d
+    if FACTORED_ADAPTER_KEYS:  # all N factor pairs in memory: (N r)^2 Grams when N r < d, else d x d from factors
         return _adapter_key_factored(aset, key, unfolding, center, ks, thresholds, evr_head, dev, max_key_bytes,
                                      scaled)
     bound = memory_bound_bytes((d_out, d_in), len(aset), unfolding, center, lora_rank=r, chunk=max(1, 1024 // r))
@@ -323,13 +323,19 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}
 
 
+#: adapters take :func:`_adapter_key_factored` (False: the d x d streaming route of before, for benchmarks)
+FACTORED_ADAPTER_KEYS = True
+
+
 def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, dev,
                           max_key_bytes, scaled: bool = True) -> dict:
     """One adapter key by :func:`uws_core.linalg.factored_spectra.factored_lora_spectra` (the "factored_gram" solver).
 
-    Used when N r < max(d_out, d_in): the N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes
-    at most with the centred copies) and each view takes the smaller of its (N r)^2 and d x d Grams; the
-    numbers equal the streaming path's to round-off (tests/linalg/test_factored_spectra.py, test_population_spectra.py)."""
+    The N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes at most with the centred copies)
+    and each view takes the smaller of its (N r)^2 and d x d Grams (solver "factored_gram" when N r < d for
+    every view, else "factor_feature_gram": the product's d x d Gram from the factors,
+    ``uws_core.linalg.factored_spectra.product_feature_gram``); the numbers equal the streaming path's to
+    round-off (tests/linalg/test_factored_spectra.py, test_population_spectra.py)."""
     d_out, r, d_in = aset.shape(key)
     n = len(aset)
     bound = factored_memory_bound_bytes((d_out, d_in), n, r)
@@ -349,7 +355,8 @@ def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, threshol
                            "recipe": None}}
     t2 = time.perf_counter()
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
-            "spectra": spectra, "memory_bound_bytes": bound, "solver": "factored_gram",
+            "spectra": spectra, "memory_bound_bytes": bound,
+            "solver": "factored_gram" if uses_small_gram(n * r, max(d_out, d_in)) else "factor_feature_gram",
             "timing": {"load_s": t1 - t0, "compute_s": t2 - t1}}
 
 
