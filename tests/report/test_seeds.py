@@ -31,3 +31,15 @@ def test_seed_table_columns():
     df = seed_table({0: {"a": 1.0, "b": 2.0}, 1: {"a": 3.0, "b": 2.0}})
     assert list(df.columns) == ["seed 0", "seed 1", "mean", "sd", "min", "max"]
     assert df.loc["a", "mean"] == 2.0 and df.loc["b", "sd"] == 0.0
+
+
+def test_verdicts_per_seed_overlay_each_seed_and_skip_seeds_that_did_not_recompute():
+    from uws_core.report.seeds import results_with_seed, verdicts_per_seed
+
+    R = {"nb": {"scale": "laptop", "results": {"x": 1, "y": 5, "seeds": {"0": {}, "1": {"x": 3}, "2": {"y": 0}}}}}
+    r1 = results_with_seed(R, "nb", {"x": 3})
+    assert r1["nb"]["results"] == {"x": 3, "y": 5, "seeds": {}} and R["nb"]["results"]["x"] == 1   # R untouched
+    judge = lambda r: "holds" if r["nb"]["results"]["x"] > 2 else "fails"  # noqa: E731
+    seeds = R["nb"]["results"]["seeds"]
+    assert verdicts_per_seed(judge, R, "nb", seeds) == {"0": "fails", "1": "holds", "2": "fails"}
+    assert verdicts_per_seed(judge, R, "nb", seeds, recomputed=lambda p: "x" in p) == {"1": "holds"}

@@ -235,3 +235,12 @@ def test_unknown_module_key_and_names(three):
     other = three.dirs[0].parent.parent / "copy" / "adapter_0"
     shutil.copytree(three.dirs[0], other)
     assert AdapterSet.from_dirs([three.dirs[0], other]).names == ["adapters/adapter_0", "copy/adapter_0"]
+
+
+def test_unpaired_factor_names_the_first_factor_without_its_partner():
+    from uws_core.weights.adapters import unpaired_factor
+
+    both = {"q": {"A": ("q.lora_A.weight", (4, 8)), "B": ("q.lora_B.weight", (8, 4))}}
+    assert unpaired_factor(both) is None
+    assert unpaired_factor({**both, "v": {"B": ("v.lora_B.weight", (8, 4))}}) == ("v.lora_B.weight", "A")
+    assert unpaired_factor({"k": {"A": ("k.lora_down.weight", (4, 8))}}) == ("k.lora_down.weight", "B")

@@ -333,18 +333,11 @@ SEED_FIELDS: dict[Callable, Callable[[dict], bool]] = {
 }
 
 
-def _with_seed(R: dict, stem: str, payload: dict) -> dict:
-    """``R`` with the results of ``stem`` overlaid by one seed's payload (the keys that seed recomputed)."""
-    entry = dict(R[stem])
-    entry["results"] = {**entry["results"], **payload, "seeds": {}}
-    return {**R, stem: entry}
-
-
 def claim_over_seeds(fn: Callable[[dict], Claim], R: dict) -> Claim:
     """``fn``'s claim, its criterion evaluated on every seed of its notebook's ``results["seeds"]``
     (:mod:`uws_core.report.seeds`): the verdict is the common one, or "seed-dependent" when the seeds disagree;
     ``ours`` keeps seed 0's numbers and says how many seeds agree. Claims without seeds are unchanged."""
-    from uws_core.report.seeds import verdict_over_seeds
+    from uws_core.report.seeds import verdict_over_seeds, verdicts_per_seed
 
     claim = fn(R)
     r = _res(R, claim.source)
@@ -354,9 +347,8 @@ def claim_over_seeds(fn: Callable[[dict], Claim], R: dict) -> Claim:
                          f"got {type(seeds).__name__}")
     if not seeds or claim.verdict in (NOT_RUN, NOT_TESTED):
         return claim
-    recomputed = SEED_FIELDS.get(fn, lambda payload: True)
-    per_seed = {s: fn(_with_seed(R, claim.source, payload)).verdict for s, payload in sorted(seeds.items())
-                if recomputed(payload)}
+    per_seed = verdicts_per_seed(lambda r_seed: fn(r_seed).verdict, R, claim.source, seeds,
+                                 SEED_FIELDS.get(fn, lambda payload: True))
     if len(per_seed) < 2:                     # one seed (or none) recomputed what this claim reads
         return claim
     claim.verdict = verdict_over_seeds(per_seed)

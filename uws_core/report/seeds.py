@@ -13,11 +13,12 @@ it is the same for every seed, otherwise it reads :data:`SEED_DEPENDENT` (:func:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["SEED_DEPENDENT", "spread", "format_spread", "verdict_over_seeds", "seed_table"]
+__all__ = ["SEED_DEPENDENT", "spread", "format_spread", "verdict_over_seeds", "results_with_seed", "verdicts_per_seed",
+           "seed_table"]
 
 SEED_DEPENDENT = "seed-dependent"
 
@@ -49,6 +50,22 @@ def verdict_over_seeds(verdicts: dict) -> str:
         raise ValueError("verdict_over_seeds: no seed")
     distinct = set(verdicts.values())
     return distinct.pop() if len(distinct) == 1 else SEED_DEPENDENT
+
+
+def results_with_seed(R: dict, stem: str, payload: dict) -> dict:
+    """Loaded result files ``R`` (:func:`uws_core.report.claims.load_all`) with the results of notebook ``stem``
+    overlaid by one seed's payload (the keys that seed recomputed; its own ``"seeds"`` emptied)."""
+    entry = dict(R[stem])
+    entry["results"] = {**entry["results"], **payload, "seeds": {}}
+    return {**R, stem: entry}
+
+
+def verdicts_per_seed(judge: Callable[[dict], str], R: dict, stem: str, seeds: dict,
+                      recomputed: Callable[[dict], bool] = lambda payload: True) -> dict:
+    """``{seed: judge(R with that seed's payload of stem)}`` (seeds in sorted order), over the seeds whose payload
+    ``recomputed`` what ``judge`` reads."""
+    return {s: judge(results_with_seed(R, stem, payload)) for s, payload in sorted(seeds.items())
+            if recomputed(payload)}
 
 
 def seed_table(per_seed: dict[int, dict[str, float]]):

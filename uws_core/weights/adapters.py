@@ -150,6 +150,16 @@ def find_adapter_dirs(root: Path | str) -> list[Path]:
     return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
+def unpaired_factor(modules: dict) -> tuple[str, str] | None:
+    """The first LoRA factor whose partner is missing, ``(its tensor key, the missing role "A" or "B")``, or None;
+    ``modules``: module -> {"A": (key, shape), "B": (key, shape)} as the PEFT and kohya readers collect them."""
+    for slot in modules.values():
+        for role, other in (("A", "B"), ("B", "A")):
+            if role in slot and other not in slot:
+                return slot[role][0], other
+    return None
+
+
 def _adapter_factors(d: Path, config: LoraAdapterConfig) -> dict[str, dict[str, tuple]]:
     """module key -> {"A": (tensor key, shape), "B": (...)} from one adapter's safetensors header."""
     path = d / WEIGHTS_FILE
@@ -179,11 +189,9 @@ def _adapter_factors(d: Path, config: LoraAdapterConfig) -> dict[str, dict[str, 
         log.warning("adapter %s: ignoring %d non-LoRA-factor tensors (e.g. %r)", d, len(ignored), ignored[0])
     if not modules:
         raise AdapterFormatError(f"adapter {d}: no lora_A/lora_B weights in {path}")
+    if (unpaired := unpaired_factor(modules)) is not None:
+        raise AdapterFormatError(f"adapter {d}: key {unpaired[0]!r} has no matching lora_{unpaired[1]} in {path}")
     for mod, slot in modules.items():
-        for which, other in (("A", "B"), ("B", "A")):
-            if which in slot and other not in slot:
-                raise AdapterFormatError(f"adapter {d}: key {slot[which][0]!r} has no matching lora_{other} "
-                                         f"in {path}")
         (_, a_shape), (_, b_shape) = slot["A"], slot["B"]
         if a_shape[0] != b_shape[1]:
             raise AdapterFormatError(f"adapter {d}: module {mod!r} has lora_A {a_shape} and lora_B {b_shape}: "

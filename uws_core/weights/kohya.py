@@ -44,6 +44,7 @@ from safetensors import SafetensorError, safe_open
 from uws_core.linalg.device import pick_device
 from uws_core.linalg.spectral import Spectrum
 from uws_core.linalg.varying_rank import FactoredProductGram, StackedRowSpectrum
+from uws_core.weights.adapters import unpaired_factor
 from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, named_paths, natural_key,
                                           read_safetensors_header)
 from uws_core.weights.memory_bounds import kohya_memory_bound_bytes
@@ -142,12 +143,10 @@ def _read_modules(path: Path, owner: str) -> tuple[dict, dict]:
         log.warning("%s: ignoring %d tensors that are not LoRA factors (e.g. %r)", owner, len(ignored), ignored[0])
     if not modules:
         raise KohyaFormatError(f"{owner}: no lora_down/lora_up (or lora_A/lora_B) weights in {path}")
+    if (unpaired := unpaired_factor(modules)) is not None:
+        partner = "lora_up" if unpaired[1] == "B" else "lora_down"
+        raise KohyaFormatError(f"{owner}: key {unpaired[0]!r} in {path} has no matching {partner} (B/A) factor")
     for mod, slot in modules.items():
-        for role, other in (("A", "B"), ("B", "A")):
-            if role in slot and other not in slot:
-                partner = "lora_up" if other == "B" else "lora_down"
-                raise KohyaFormatError(f"{owner}: key {slot[role][0]!r} in {path} has no matching {partner} "
-                                       f"(B/A) factor")
         (ka, sa), (kb, sb) = slot["A"], slot["B"]
         if len(sa) not in (2, 4) or len(sb) not in (2, 4) or (len(sb) == 4 and tuple(sb[2:]) != (1, 1)):
             raise KohyaFormatError(f"{owner}: key {kb!r} {tuple(sb)} / {ka!r} {tuple(sa)} in {path}: expected 2-D "
