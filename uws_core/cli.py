@@ -48,9 +48,7 @@ from pathlib import Path
 from uws_core.experiments.task_eval_cli import add_evaluate_parser, run_evaluate
 from uws_core.weights import dtype_policy, safe_paths
 from uws_core.linalg.conventions import CENTERS, DEFAULT_SCALING, RECIPES, SCALINGS, UNFOLDINGS
-
-# The weight readers and solvers (torch) are imported inside the commands that use them: `uws --help`,
-# `uws manifest lock` and `uws download` start without torch (tests/test_cli.py checks it).
+# weight readers and solvers (torch) are imported in the commands that use them: --help, lock, download skip torch
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def population_spectra_doc() -> str:
-    """The first paragraph of :mod:`uws_core.weights.population_spectra`'s docstring, read from its source (no
-    torch import for the parser)."""
+    """The first paragraph of :mod:`uws_core.weights.population_spectra`'s docstring, from its source (no torch)."""
     import ast
 
     source = Path(__file__).resolve().parent / "weights" / "population_spectra.py"
