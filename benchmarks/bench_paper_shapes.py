@@ -26,12 +26,14 @@
      reference; the largest EVR difference over all reported components is given too.
 
 4. ``uws spectra`` once more at N = ``--large-n`` (500) on ``--large-layers`` (1) layer, under the first thread
-   setting: there N r = 8000 >= d = 4096 and the d x d streaming path is taken.
+   setting: there N r = 8000 >= d = 4096 and each view's d x d Gram is formed from the factors
+   (solver "factor_feature_gram").
+5. With ``--solvers 1``: the eigensolvers compared at the real shapes (``benchmarks/bench_eigensolvers.py``).
 
 Extrapolations to the 96 keys of Mistral-7B (from the measured per-key means of each shape class) are labelled
 as such in the results. Run ``python -m benchmarks.bench_paper_shapes`` (default: N = 100, 2 layers, peers at
 N = 100, N = 500 on 1 layer; several minutes on 2 shared cores) or with
-``--n 3 --layers 1 --peer-n 6 --large-n 4 --repeat 1 --threads default`` (the
+``--n 3 --layers 1 --peer-n 6 --large-n 4 --repeat 1 --threads default --solvers 0`` (the
 test). Writes ``paper_shapes_results.json`` / ``.md`` next to this file (or to ``--out``).
 """
 
@@ -127,7 +129,7 @@ def run_child(cmd, env=None, timeout=None) -> dict:
 
 
 # `uws spectra` with the (N r)^2 solver switched off: the d x d streaming path of before (the "before" numbers)
-DENSE_PATH = ("import sys; import uws_core.weights.population_spectra as ps; ps.uses_small_gram = lambda n, d: False; "
+DENSE_PATH = ("import sys; import uws_core.weights.population_spectra as ps; ps.FACTORED_ADAPTER_KEYS = False; "
               "from uws_core.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -362,6 +364,12 @@ def write_results(data: dict, out: Path) -> None:
                   f"the authors' sklearn PCA **{sp['authors_vs_sklearn']:.1f}x** (target >= 5x: "
                   f"{'met' if sp['authors_vs_sklearn'] >= 5 else 'not met'}). Top-16 EVR within {EVR_TOL:g} of the "
                   "float64 reference: " + ", ".join(f"{k} {res[k]['top16_within_tol']}" for k in TIMED) + ".", ""]
+    if data.get("solvers"):
+        from benchmarks.bench_eigensolvers import markdown
+
+        lines += [f"## Eigensolvers at the real shapes ({data['solvers']['threads']}; benchmarks/bench_eigensolvers.py)",
+                  "", "EVR differences are against the full float64 eigh, in units of the exact trace.", "",
+                  *markdown(data["solvers"]["cases"]), ""]
     lines += ["## Targets of issue 15 on this machine (extrapolations marked)", ""]
     for tag, run in data["runs"].items():
         ex = run["extrapolation"].get("extrapolated_96_keys_s")
@@ -384,6 +392,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--peer-n", type=int, default=100, help="adapters in the peers' recipes comparison")
     ap.add_argument("--repeat", type=int, default=3, help="timings per recipe (best kept)")
     ap.add_argument("--threads", default="1,default", help="thread settings of the `uws spectra` runs and the recipes: 'default' and/or a count")
+    ap.add_argument("--solvers", type=int, default=1, help="also compare the eigensolvers at the real shapes (0: skip)")
     ap.add_argument("--out", type=Path, default=HERE, help="output folder of the results")
     ap.add_argument("--worker", choices=list(RECIPES), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -431,9 +440,15 @@ def main(argv=None) -> dict:
             shutil.rmtree(work / "pop_large", ignore_errors=True)
             print(json.dumps({"n": args.large_n, "wall_s": run["wall_s"], **run["extrapolation"]}), flush=True)
         pr = peers(args.peer_n, args.repeat, envs, work)
+        solvers = None
+        if args.solvers:  # eigensolver choice at the real shapes, first thread setting (benchmarks/bench_eigensolvers.py)
+            tag, tenv = next(iter(envs.items()))
+            run_child([sys.executable, "-m", "benchmarks.bench_eigensolvers", "--out", str(work / "solvers.json")],
+                      env=tenv)
+            solvers = {"threads": tag, "cases": json.loads((work / "solvers.json").read_text())}
         data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                 "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr}
+                "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr, "solvers": solvers}
         write_results(data, args.out)
         return data
     finally:

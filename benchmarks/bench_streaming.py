@@ -237,7 +237,7 @@ def paper_estimates(rates: dict) -> list[dict]:
     * a LoRA key (rank r): A rows ``2 N r d_in^2``, B cols ``2 N r d_out^2``, product rows ``2 N r d_in^2``
       and model axis ``N^2 r^2 (d_out + d_in)`` flops; eigs of size d_in, d_out, d_in and N.
     """
-    from uws_core.weights.population_spectra import memory_bound_bytes
+    from uws_core.weights.memory_bounds import memory_bound_bytes
 
     (llama, n_l), (vit, n_v), (lora, n_m) = family_shapes()
     rate_read, c_eig = rates["read_MBps"] * 1e6, rates["c_per_d3"] * rates["calibration"]

@@ -47,7 +47,7 @@ def test_uws_spectra_on_the_written_adapters_matches_a_float64_svd(tmp_path):
 def test_benchmark_end_to_end_tiny(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--n", "3", "--layers", "1",
                            "--peer-n", "6", "--repeat", "1", "--threads", "1",
-                           "--large-n", "4", "--out", str(tmp_path)],
+                           "--large-n", "4", "--solvers", "0", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "paper_shapes_results.json").read_text())

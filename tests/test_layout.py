@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "uws_core"
 LAYERS = ["linalg", "weights", "zoo", "experiments", "report"]  # bottom to top
 RANK = {layer: i for i, layer in enumerate(LAYERS)} | {"cli": len(LAYERS), "": -1}
-MAX_LINES = 440  # "no module over ~400 lines"
+MAX_LINES = 400  # "no module over ~400 lines"
 
 
 def modules() -> dict[str, Path]:

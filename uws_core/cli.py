@@ -43,15 +43,15 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from uws_core.experiments.task_eval_cli import add_evaluate_parser, run_evaluate
-from uws_core.weights import dtype_policy
+from uws_core.weights import dtype_policy, safe_paths
 from uws_core.weights.adapters import AdapterSet, find_adapter_dirs, is_adapter_dir
 from uws_core.weights.checkpoints import CheckpointSet, find_checkpoint_dirs, is_checkpoint_dir, unique_names
 from uws_core.weights.key_spectra import adapter_spectra, checkpoint_spectra, spectrum_summary
 from uws_core.weights.kohya import find_kohya_dirs, is_kohya_lora
+from uws_core.weights.memory_bounds import in_memory_key_bound_bytes
 from uws_core.weights import recipe_runs
 from uws_core.linalg import recipes
 from uws_core.linalg.recipes import RECIPES, SCALINGS
@@ -166,38 +166,15 @@ def memory_limit(args: argparse.Namespace) -> float:
 
 def check_memory(pop, kind: str, keys: list[str], unfolding: str, center: str, limit: float) -> None:
     """Refuse, before anything is allocated, a key whose memory bound (from the headers' shapes alone,
-    :func:`uws_core.weights.population_spectra.memory_bound_bytes`, plus the stacked factors for adapters) exceeds
-    ``limit``; the message names the key, its shape, the bound and the limit."""
-    from uws_core.weights.population_spectra import STORED_BYTES, memory_bound_bytes
-
+    :func:`uws_core.weights.memory_bounds.in_memory_key_bound_bytes`) exceeds ``limit``; the message names the
+    key, its shape, the bound and the limit."""
     for key in keys:
-        if kind == "adapters":
-            d_out, r, d_in = pop.shape(key)
-            shape = (d_out, d_in)
-            bound = memory_bound_bytes(shape, len(pop), unfolding, center, lora_rank=r)["total"]
-            bound += 8 * len(pop) * r * (d_out + d_in)  # the stacked float64 factors
-        else:
-            shape = pop.shape(key)
-            bound = memory_bound_bytes(shape, len(pop), unfolding, center, STORED_BYTES.get(pop.dtype(key), 8))["total"]
+        shape, bound = in_memory_key_bound_bytes(pop, kind, key, unfolding, center)
         if bound > limit:
             raise CliInputError(f"key {key!r} (shape {tuple(shape)}, {len(pop)} models, model {pop.names[0]!r} ...) "
                                 f"needs up to {dtype_policy.format_gib(bound)}, over the memory limit "
                                 f"{dtype_policy.format_gib(limit)}; pass --max-key-gib to change the limit, or "
                                 "--keys to leave the key out")
-
-
-def write_json(obj: dict, out: Path) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,7 +370,7 @@ def main(argv: list[str] | None = None, api=None) -> int:
         else:
             message = run_lock(args, api=api)
         if args.command == "spectrum":
-            write_json(result, args.out)
+            safe_paths.write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
             message = spectrum_table(result) + (f"wrote spectra of {len(result['keys'])} keys x "
                                                 f"{result['n_models']} {result['source']} to {args.out}\n")
     except (ValueError, KeyError, OSError, RuntimeError) as exc:  # loader refusals name the file and key

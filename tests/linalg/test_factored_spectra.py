@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from uws_core.linalg import factored_spectra
-from uws_core.linalg.factored_spectra import (centered_sample_gram, factored_lora_spectra, factored_product_spectrum, stacked_rows_spectrum,
-                                       gram_rows, uses_small_gram)
+from uws_core.linalg.factored_spectra import (centered_sample_gram, factored_lora_spectra, factored_product_spectrum,
+                                              gram_rows, product_feature_spectrum, stacked_rows_spectrum,
+                                              uses_small_gram)
 from uws_core.linalg.lora import lora_products
 from uws_core.linalg.spectral import stack_spectrum
 
@@ -122,3 +123,29 @@ def test_gram_centring_falls_back_to_centring_the_data_when_the_mean_dominates(c
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10, atol=0)
     small = stacked_rows_spectrum(x, center, device="cpu", gram=gram)
     _assert_same(small, stack_spectrum(x, "rows", center, k=0, device="cpu"))
+
+
+@pytest.mark.parametrize("unfolding", ["rows", "cols"])
+@pytest.mark.parametrize("center", ["none", "samples", "models"])
+def test_product_feature_gram_equals_dense(kernels, unfolding, center):
+    """N r = 90 >= d: the d x d Gram W^T W - (mean part) built from the factors, both kernels."""
+    b, a, s = _factors(n=30)
+    fast = product_feature_spectrum(b, a, unfolding, center, scaling=s, device="cpu")
+    dense = stack_spectrum(lora_products(b, a, scaling=s), unfolding, center, k=0, device="cpu")
+    _assert_same(fast, dense)
+    b[3] = b[2]  # equal B blocks: B_i^T B_i square roots stay exact (eigh, not Cholesky)
+    b[:, :, 0] = 0.0  # rank-deficient B_i^T B_i
+    fast = product_feature_spectrum(b, a, unfolding, center, scaling=s, device="cpu")
+    _assert_same(fast, stack_spectrum(lora_products(b, a, scaling=s), unfolding, center, k=0, device="cpu"))
+
+
+def test_product_feature_gram_refuses_a_dominant_mean():
+    """Equal scalings and a mean matrix 1e4 x the spread: W^T W - N Pbar^T Pbar would cancel; None, and factored_lora_spectra then
+    takes the streaming route (still equal to the dense SVD)."""
+    b, a, _ = _factors(n=30)
+    b = b.double() * 1e-4 + torch.randn(1, 40, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = a.double() * 1e-4 + torch.randn(1, 3, 56, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert product_feature_spectrum(b, a, "rows", "models", device="cpu") is None
+    views = factored_lora_spectra(b, a, "rows", "models", device="cpu")
+    dense = stack_spectrum(lora_products(b, a), "rows", "models", k=0, device="cpu")
+    np.testing.assert_allclose(views["product"].evr(), dense.evr(), rtol=0, atol=1e-8)

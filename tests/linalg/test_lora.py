@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from conftest import numpy_spectrum_reference
-from uws_core.linalg.lora import (FactoredModelBasis, StreamingLoraSpectrum, lora_factor_spectra, lora_product_spectrum,
-                           lora_products)
+from uws_core.linalg.lora import (StreamingLoraSpectrum, lora_factor_spectra, lora_product_spectrum,
+                                  lora_products)
+from uws_core.linalg.lora_model_basis import FactoredModelBasis
 from uws_core.linalg.spectral import NonFiniteWeightError, ShapeMismatchError, stack_spectrum
 from uws_core.linalg.subspace import principal_angles, project, reconstruct
 

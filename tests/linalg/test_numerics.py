@@ -42,6 +42,18 @@ def test_compute_settings_none_leaves_a_setting_alone_and_quiet_restores_the_bar
         torch.use_deterministic_algorithms(det)
 
 
+def test_thread_settings_sets_threads_and_onednn_only_and_none_changes_nothing():
+    state = lambda: (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),  # noqa: E731
+                     torch.backends.mkldnn.enabled)
+    before = state()
+    with numerics.thread_settings(1):
+        assert state() == (1, before[1], False)
+    assert state() == before
+    with numerics.thread_settings(None):
+        assert state() == before
+    assert state() == before
+
+
 def test_progress_disabled_follows_show_and_the_environment(monkeypatch):
     monkeypatch.delenv("UWS_PROGRESS", raising=False)
     assert numerics.progress_disabled() is None and numerics.progress_disabled(False) is True

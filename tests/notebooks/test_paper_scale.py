@@ -72,6 +72,21 @@ def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path)
     assert (tmp_path / "results" / "06_spectra" / "vit" / "spectra.json").is_file()
 
 
+def test_notebook_05_at_paper_scale_builds_the_bases_and_counts_only(tmp_path):
+    """The manifest's ViTs (tiny ones under their hub ids, the base beside them): the paper-scale loader
+    (uws_core.experiments.adaptation_data.vit_adaptation_paper) builds the frozen bases with the mean task vector,
+    the notebook reports the trainable counts and trains nothing (no task data at paper scale)."""
+    ids = list(load_manifest("vit")["repo_id"][:6])
+    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub"}, {"MAX_MODELS": 6})
+    assert "vit_summary" not in res and "lm_tasks" not in res    # no run at paper scale
+    counts = {(r["method"], r["k"]): r for r in res["trainable_counts"]}
+    # one block: q, k, v, attention out (32 x 32), fc1 (64 x 32), fc2 (32 x 64)
+    assert counts["full", 0]["ours"] == 4 * 32 * 32 + 2 * 64 * 32
+    assert counts["subspace", 4]["ours"] == 4 * (4 * 32 + 64 + 32)  # d_out * k per matrix
+    assert counts["full", 0]["vit_b"] == 12 * (4 * 768 * 768 + 2 * 3072 * 768)
+
+
 def test_notebook_06_at_paper_scale_measures_the_rouge_l_kept_at_each_k(tmp_path):
     """A tiny base, 6 PEFT adapters of it under training ids (2 of them the authors' IID test tasks, with tiny
     datasets): the LoRA table gets its bytes from streamed spectra and its quality from ROUGE-L of the rebuilt
@@ -95,3 +110,4 @@ def test_notebook_06_at_paper_scale_measures_the_rouge_l_kept_at_each_k(tmp_path
     assert {p["comparison"] for p in f["paired"]} == {f"{s} - own" for s in list(table)[2:]}
     row = claims.lora_compression(claims.load_all(tmp_path / "results"))   # the ledger reads the ROUGE-L kept
     assert row.verdict in (claims.HOLDS, claims.FAILS) and "keeping 95% ROUGE-L" in row.ours
+

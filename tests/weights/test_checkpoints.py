@@ -185,3 +185,23 @@ def test_save_checkpoint_round_trip_keeps_progress_bars(tmp_path):
         assert torch.equal(t, model.state_dict()[key]), key
     with pytest.raises(MissingCheckpointFileError, match="model.safetensors does not exist"):
         load_checkpoint_state(tmp_path / "none")
+
+
+def test_named_paths_and_model_dirs_under_name_what_is_wrong(tmp_path):
+    from pathlib import Path
+
+    from uws_core.weights.checkpoints import model_dirs_under, named_paths
+
+    paths, names = named_paths(["a/x", "b/x"], None, ValueError, "things")
+    assert paths == [Path("a/x"), Path("b/x")] and len(set(names)) == 2  # same basenames made unique
+    with pytest.raises(ValueError, match="no things given"):
+        named_paths([], None, ValueError, "things")
+    with pytest.raises(ValueError, match=r"names must be unique, one per LoRA; got \['n', 'n'\]"):
+        named_paths(["a", "b"], ["n", "n"], ValueError, "things", one="LoRA")
+    with pytest.raises(ValueError, match="thing root .* does not exist"):
+        model_dirs_under(tmp_path / "absent", lambda r: [], ValueError, "thing", "marker.json")
+    with pytest.raises(ValueError, match=r"no thing \(marker.json\) under"):
+        model_dirs_under(tmp_path, lambda r: [], ValueError, "thing", "marker.json")
+    (tmp_path / "o" / "m").mkdir(parents=True)
+    assert model_dirs_under(tmp_path, lambda r: [r / "o" / "m"], ValueError, "thing", "marker.json") == (
+        [tmp_path / "o" / "m"], ["o/m"])

@@ -22,7 +22,8 @@ from huggingface_hub.hf_api import BlobLfsInfo, RepoFile, RepoSibling
 
 from conftest import write_adapters
 from uws_core.weights.adapters import AdapterSet
-from uws_core.weights.hub import (HubError, download_manifest, file_sha256, git_blob_sha1, lock_manifest, side_dirs)
+from uws_core.weights.file_checks import file_sha256, git_blob_sha1
+from uws_core.weights.hub import HubError, download_manifest, lock_manifest, side_dirs
 from uws_core.weights.manifests import MANIFEST_DIR, ManifestError, load_manifest, local_dirs, parse_checksums
 
 LFS_MIN = 10 << 20  # as on the hub: files of 10 MiB or more, and all safetensors, are stored in LFS

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from conftest import numpy_spectrum_reference
 from uws_core.weights.adapters import AdapterSet
 from uws_core.weights.checkpoints import CheckpointSet
-from uws_core.weights.population_spectra import (MatrixPopulation, ResumeError, memory_bound_bytes, open_population,
-                                         population_spectra)
+from uws_core.weights.memory_bounds import memory_bound_bytes
+from uws_core.weights.population_spectra import (MatrixPopulation, ResumeError, open_population,
+                                                 population_spectra)
 from uws_core.linalg.spectral import stack_spectrum
 
 TOL = 1e-10
@@ -139,7 +140,7 @@ def test_adapters_factored_gram_equals_streaming_path(adapter_population, tmp_pa
 
     aset = AdapterSet.from_dirs(adapter_population.dirs)
     fast = population_spectra(aset, tmp_path / "f", unfolding, center, keys=r"layers\.0\.", progress=False)
-    monkeypatch.setattr(ps, "uses_small_gram", lambda n, d: False)
+    monkeypatch.setattr(ps, "FACTORED_ADAPTER_KEYS", False)
     slow = population_spectra(aset, tmp_path / "s", unfolding, center, keys=r"layers\.0\.", progress=False)
     assert len(fast["computed"]) == 3
     for key, res in fast["keys"].items():
@@ -199,16 +200,6 @@ def test_model_axis_basis_and_memory_guard(checkpoint_population, tmp_path):
     assert res["computed"] == [] and res["too_big"][key]["total"] == bound["total"]
 
 
-def test_memory_bound_of_paper_shapes():
-    """The per-key bounds quoted in docs/paper_scale.md: Llama-3-8B down_proj (4096, 14336) bf16, N = 50."""
-    rows = memory_bound_bytes((4096, 14336), 50, "rows", "models", stored_bytes=2)
-    assert rows["gram"] == 8 * 14336 ** 2 and rows["total"] / 2 ** 30 == pytest.approx(7.0, abs=0.01)
-    model = memory_bound_bytes((4096, 14336), 50, "model", "models", stored_bytes=2, chunk=2)
-    assert model["stored_models"] == 50 * 4096 * 14336 * 2 and model["total"] < 80 * 2 ** 30
-    lora = memory_bound_bytes((1024, 4096), 500, "model", "models", lora_rank=16, chunk=64)
-    assert lora["factors"] == 8 * 500 * 16 * (1024 + 4096) and lora["total"] < 2 ** 30
-
-
 def test_non_finite_weight_is_refused_naming_model_and_key(checkpoint_population, tmp_path):
     import shutil
 
@@ -225,3 +216,23 @@ def test_non_finite_weight_is_refused_naming_model_and_key(checkpoint_population
     with pytest.raises(ValueError, match=rf"non-finite values in .*single_1.*{key}"):
         population_spectra(MatrixPopulation(dirs), tmp_path / "o", keys=[key], progress=False)
     assert not (tmp_path / "o" / "keys" / f"{key}.json").exists()  # nothing written for a refused key
+
+
+@pytest.mark.parametrize("unfolding,center", [("rows", "models"), ("cols", "samples")])
+def test_adapters_with_stack_rank_above_d_use_the_factor_feature_gram(tmp_path, monkeypatch, unfolding, center):
+    """N r = 40 >= d = 32: the product's d x d Gram from the factors ("factor_feature_gram"); the same EVR
+    as the d x d streaming route of before (1e-10)."""
+    from conftest import write_adapters
+    from uws_core.weights import population_spectra as ps
+
+    aset = AdapterSet.from_dirs(write_adapters(tmp_path / "pop", n=10, r=4, alpha=8, seed=11).dirs)
+    fast = population_spectra(aset, tmp_path / "f", unfolding, center, keys=r"layers\.0\.", progress=False)
+    monkeypatch.setattr(ps, "FACTORED_ADAPTER_KEYS", False)
+    slow = population_spectra(aset, tmp_path / "s", unfolding, center, keys=r"layers\.0\.", progress=False)
+    assert len(fast["computed"]) == 3
+    for key, res in fast["keys"].items():
+        assert res["solver"] == "factor_feature_gram"
+        for view in ("lora_A", "lora_B", "product"):
+            got, ref = res["spectra"][view], slow["keys"][key]["spectra"][view]
+            assert got["n_components"] == ref["n_components"] and got["k_at"] == ref["k_at"]
+            np.testing.assert_allclose(got["evr"], ref["evr"], rtol=0, atol=TOL)

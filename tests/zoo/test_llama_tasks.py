@@ -8,7 +8,8 @@ import pytest
 
 from uws_core.zoo.llama_tasks import (DOMAINS, TASK_GROUPS, examples_of, finetune_plan, language_map, translate,
                                   translate_examples, verify_examples)
-from uws_core.zoo.tasks import OPERATIONS, OUTPUT_FORMATS, format_output, make_tasks
+from uws_core.zoo.task_operations import OPERATIONS, OUTPUT_FORMATS, format_output
+from uws_core.zoo.tasks import make_tasks
 
 
 @pytest.fixture(scope="module")

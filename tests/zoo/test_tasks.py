@@ -6,8 +6,9 @@ import collections
 
 import pytest
 
-from uws_core.zoo.tasks import (INPUT_FORMATS, OPERATIONS, OUTPUT_FORMATS, BaseMixture, CharTokenizer, Task,
-                            exact_match, format_input, format_output, make_tasks)
+from uws_core.zoo.task_operations import (INPUT_FORMATS, OPERATIONS, OUTPUT_FORMATS, exact_match, format_input,
+                                          format_output)
+from uws_core.zoo.tasks import BaseMixture, CharTokenizer, Task, make_tasks
 
 
 @pytest.fixture(scope="module")

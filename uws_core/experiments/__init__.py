@@ -1,7 +1,7 @@
 """The paper's uses of the subspace: merging, coefficient-only adaptation, leave-one-out projection and
 accuracy, compression accounting and the shared-initialisation study. Imports linalg, weights, zoo.
 
-Modules: ``adaptation``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``task_study``, ``views``.
+Modules: ``adaptation``, ``adaptation_data``, ``adaptation_tasks``, ``compression``, ``lora_init``, ``lora_loo_accuracy``, ``lora_projection``, ``merging``, ``peft_merge``, ``replication_loo``, ``task_adapters``, ``task_data``, ``task_eval``, ``task_eval_cli``, ``task_scores``, ``task_study``, ``views``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -19,8 +19,10 @@ _API = {
     "Decoding": "task_eval",
     "Evaluator": "task_eval",
     "FunctionalSetup": "task_study",
+    "HELD_OUT_FAMILIES": "adaptation_data",
     "K_GRID": "lora_projection",
     "LORA_RECIPES": "compression",
+    "LoraAdaptationData": "adaptation_data",
     "LoraStack": "lora_projection",
     "MERGE_RIVALS": "task_study",
     "METRICS": "task_scores",
@@ -36,6 +38,8 @@ _API = {
     "TaskDataError": "task_data",
     "TaskEvalError": "task_eval",
     "TaskExample": "task_data",
+    "VIT_BASE_ID": "adaptation_data",
+    "VitAdaptationData": "adaptation_data",
     "add_evaluate_parser": "task_eval_cli",
     "apply_delta": "merging",
     "available_tasks": "task_study",
@@ -46,6 +50,7 @@ _API = {
     "build_prompt": "task_eval",
     "check_deltas": "merging",
     "checkpoint_key_spectra_with_null": "views",
+    "compact_product_pair": "lora_projection",
     "compression_study": "task_study",
     "dare_merge": "merging",
     "evaluate_runs": "task_study",
@@ -61,8 +66,10 @@ _API = {
     "functional_setup": "task_study",
     "gain_kept": "task_study",
     "generation_memory_bytes": "task_eval",
+    "held_out_lora_tasks": "adaptation_data",
     "heldout_variants": "task_adapters",
     "in_sample_relative_errors": "replication_loo",
+    "indices_without": "lora_projection",
     "lm_loss_fn": "adaptation_tasks",
     "load_summaries": "task_eval",
     "load_task_split": "task_data",
@@ -71,6 +78,7 @@ _API = {
     "loo_reconstructions": "lora_projection",
     "loo_relative_errors": "lora_projection",
     "loo_study": "task_study",
+    "lora_adaptation_laptop": "adaptation_data",
     "lora_full_numbers": "compression",
     "lora_stored_numbers": "compression",
     "lora_svd_aligned_merge": "merging",
@@ -115,7 +123,10 @@ _API = {
     "ties_trim": "merging",
     "trainable_parameter_count": "adaptation",
     "vit_accuracy": "adaptation_tasks",
+    "vit_adaptation_laptop": "adaptation_data",
+    "vit_adaptation_paper": "adaptation_data",
     "vit_loss_fn": "adaptation_tasks",
+    "vit_task_vector_bases": "adaptation_data",
     "with_scaling": "replication_loo",
     "write_adapter_state": "task_adapters",
     "write_in_sample_variants": "task_study",

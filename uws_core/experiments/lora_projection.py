@@ -14,7 +14,8 @@ Recipes, per module key, each fitted on the N-1 adapters other than the held-out
   With the mean: ``A_hat^T = mu_A 1^T + U_A U_A^T (A^T - mu_A 1^T)``, likewise B. Note that this "mean" is
   the mean *column* of the factors, not the mean adapter: at k = 0 it gives ``B_hat @ A_hat = r mu_B mu_A^T``.
 * ``"product"`` (the replication's): the model axis; each ``P_i = s_i B_i A_i`` flattened, centred by the mean
-  adapter ``M`` of the others, top-k PCA basis kept in factored form (:class:`uws_core.linalg.lora.FactoredModelBasis`).
+  adapter ``M`` of the others, top-k PCA basis kept in factored form
+  (:class:`uws_core.linalg.lora_model_basis.FactoredModelBasis`).
   Without the mean: ``P_hat = sum_j <b_j, P> b_j``; with it: ``P_hat = M + sum_j <b_j, P - M> b_j`` (k = 0:
   the mean of the other adapters). ``P_hat = sum_i w_i P_i`` is an exact factor pair of rank (N-1) r, reduced
   by :func:`uws_core.weights.peft_state.compact_lora_pair` to its numerical rank (at most ``min(d_out, d_in)``).
@@ -38,30 +39,22 @@ import pandas as pd
 import torch
 
 from uws_core.linalg.device import ACCUM_DTYPE, pick_device
-from uws_core.linalg.lora import FactoredModelBasis, lora_product_spectrum
+from uws_core.linalg.numerics import thread_settings
+from uws_core.linalg.lora import lora_product_spectrum
+from uws_core.linalg.lora_model_basis import FactoredModelBasis
 from uws_core.weights.peft_state import compact_lora_pair, join_lora_state, split_lora_state
 from uws_core.linalg.spectral import ShapeMismatchError, check_finite
 from uws_core.linalg.subspace import eigh_descending, model_axis_eigen
 
 __all__ = ["RECIPES", "CONTROLS", "K_GRID", "random_factor_basis", "LoraStack",
            "fit_factor_basis", "project_factors", "ProductLeaveOneOut", "loo_reconstructions",
-           "mean_of_others", "loo_relative_errors"]
+           "mean_of_others", "loo_relative_errors", "compact_product_pair", "indices_without"]
 
 RECIPES = ("factors", "product")
 #: Control: the factor recipe with random orthonormal bases of the same sizes (seeded per held-out adapter
 #: and module) in place of the fitted U_A, U_B: what any k-dim subspace keeps, with no information at all.
 CONTROLS = ("factors_random",)
 K_GRID = (0, 1, 2, 4, 8, 16, 32, 64)
-
-
-def _threads(num_threads: int | None):
-    """:func:`uws_core.linalg.numerics.compute_settings` on ``num_threads`` threads and oneDNN off (None: nothing
-    changed), determinism as the caller has it. The laptop matrices are tiny: one thread avoids OpenMP
-    hand-offs that cost ~50x on a shared 2-core machine."""
-    from uws_core.linalg.numerics import compute_settings
-
-    return compute_settings(num_threads, deterministic=None, quiet=False,
-                            onednn=None if num_threads is None else False)
 
 
 # ------------------------------------------------------------------------------------------ states
@@ -243,7 +236,7 @@ class ProductLeaveOneOut:
         return FactoredModelBasis(chunks, g, coef, "models", self.shape, self.device)
 
 
-def _product_pair(fb: FactoredModelBasis, coords, add_mean: bool, s_out: float):
+def compact_product_pair(fb: FactoredModelBasis, coords, add_mean: bool, s_out: float):
     """``P_hat = sum_i w_i P_i`` as a compact pair in units of ``s_out`` (s_out * B' A' = P_hat)."""
     b_hat, a_hat = fb.reconstruct(coords, add_mean=add_mean)  # (1, d_out, n r), (n r, d_in)
     b, a = compact_lora_pair(b_hat[0], a_hat)
@@ -251,14 +244,15 @@ def _product_pair(fb: FactoredModelBasis, coords, add_mean: bool, s_out: float):
 
 
 # ------------------------------------------------------------------------------------------ leave-one-out
-def _others(n: int, j: int) -> np.ndarray:
+def indices_without(n: int, j: int) -> np.ndarray:
+    """``[0, ..., n-1]`` without ``j`` (int64): the fitting set of held-out adapter ``j``."""
     return np.array([i for i in range(n) if i != j], dtype=np.int64)
 
 
 def _module_loo(B, A, s, j, ks, recipes, add_means, device, fitted=None, module=""):
     """Yield ``(recipe, add_mean, k, k_eff, (B_hat, A_hat))`` for held-out adapter j of one module."""
     n = B.shape[0]
-    idx = _others(n, j)
+    idx = indices_without(n, j)
     kmax = max(ks)
     for recipe in recipes:
         if recipe in ("factors", "factors_random"):
@@ -276,7 +270,7 @@ def _module_loo(B, A, s, j, ks, recipes, add_means, device, fitted=None, module=
                 coords = fb.project(B[j:j + 1], A[j:j + 1], scaling=s[j:j + 1], center=add_mean)  # (1, k_fit)
                 for k in ks:
                     k_eff = min(k, fb.k)
-                    yield recipe, add_mean, k, k_eff, _product_pair(fb, coords[:, :k_eff], add_mean, float(s[j]))
+                    yield recipe, add_mean, k, k_eff, compact_product_pair(fb, coords[:, :k_eff], add_mean, float(s[j]))
         else:
             raise ValueError(f"recipe must be one of {RECIPES + CONTROLS}, got {recipe!r}")
 
@@ -291,7 +285,7 @@ def loo_reconstructions(stack: LoraStack, heldout: Iterable[int], ks: Sequence[i
     k is capped at the rank the others allow, e.g. at d_out = 16 for the B of a GQA k/v projection."""
     heldout = list(heldout)
     _check_args(stack, heldout, ks, recipes)
-    with _threads(num_threads):
+    with thread_settings(num_threads):
         return _loo_reconstructions(stack, heldout, ks, recipes, add_means, device)
 
 
@@ -314,12 +308,12 @@ def mean_of_others(stack: LoraStack, j: int, num_threads: int | None = None) -> 
     computed on ``num_threads`` torch threads (None: unchanged)."""
     if not 0 <= j < len(stack):
         raise IndexError(f"held-out index {j} outside 0..{len(stack) - 1}")
-    with _threads(num_threads):
+    with thread_settings(num_threads):
         return _mean_of_others(stack, j)
 
 
 def _mean_of_others(stack, j):
-    idx = _others(len(stack), j)
+    idx = indices_without(len(stack), j)
     w = torch.as_tensor(stack.scalings[idx] / (len(idx) * stack.scalings[j]))
     pairs = {}
     for module in stack.module_keys:
@@ -338,7 +332,7 @@ def loo_relative_errors(stack: LoraStack, heldout: Iterable[int] | None = None, 
     (no d_out x d_in matrix), module by module, so it runs on the paper-scale adapters."""
     heldout = list(range(len(stack))) if heldout is None else list(heldout)
     _check_args(stack, heldout, ks, recipes)
-    with _threads(num_threads):
+    with thread_settings(num_threads):
         return _loo_relative_errors(stack, heldout, ks, recipes, add_means, device)
 
 
@@ -374,7 +368,7 @@ def _module_loo_sq_errors(B, A, s, j, ks, recipes, add_means, device, fitted, mo
                                                                      module=module):
                 yield recipe_, add_mean, k, k_eff, s[j] ** 2 * _pair_sq_dist(b, a, bh, ah)
             continue
-        idx = _others(B.shape[0], j)
+        idx = indices_without(B.shape[0], j)
         fb = fitted.fit(idx, max(ks))
         p_sq = float(fitted.gram[j, j])  # ||P_j||^2
         pm, m_sq = float(fitted.gram[idx, j].mean()), float(fb.gram.mean())  # <P_j, M>, ||M||^2

@@ -24,7 +24,8 @@ import pandas as pd
 
 from uws_core.linalg import recipes
 from uws_core.linalg.device import ACCUM_DTYPE
-from uws_core.experiments.lora_projection import LoraStack, ProductLeaveOneOut, _others, _product_pair, _threads
+from uws_core.experiments.lora_projection import LoraStack, ProductLeaveOneOut, compact_product_pair, indices_without
+from uws_core.linalg.numerics import thread_settings
 from uws_core.experiments.lora_projection import loo_relative_errors as _lp_loo_relative_errors
 from uws_core.weights.peft_state import join_lora_state
 
@@ -75,18 +76,18 @@ def basis_only_reconstructions(stack: LoraStack, heldout: Iterable[int], ks: Seq
     if len(stack) < 3 or min(ks) < 0:
         raise ValueError(f"need >= 3 adapters and ks >= 0, got {len(stack)} adapters and ks {ks!r}")
     out: dict = {}
-    with _threads(num_threads):
+    with thread_settings(num_threads):
         for module in stack.module_keys:
             b, a = stack.factors(module)
             s = stack.scalings
             fitted = ProductLeaveOneOut(b, a, s, device)
             for j in heldout:
-                fb = fitted.fit(_others(len(stack), j), kmax)
+                fb = fitted.fit(indices_without(len(stack), j), kmax)
                 coords = fb.project(b[j:j + 1], a[j:j + 1], scaling=s[j:j + 1], center=True)  # V^T (P_j - M)
                 for k in ks:
                     k_eff = min(k, fb.k)
                     slot = out.setdefault((j, k), [{}, k_eff])
-                    slot[0][module] = _product_pair(fb, coords[:, :k_eff], add_mean=False, s_out=float(s[j]))
+                    slot[0][module] = compact_product_pair(fb, coords[:, :k_eff], add_mean=False, s_out=float(s[j]))
                     slot[1] = min(slot[1], k_eff)
     return {key: (join_lora_state(pairs, ACCUM_DTYPE), k_eff) for key, (pairs, k_eff) in out.items()}
 

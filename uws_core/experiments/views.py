@@ -2,7 +2,8 @@
 
 * :func:`lora_view_spectra` (notebook 01): the authors' factor recipe (A rows, B cols, centred by the mean
   sample; ``Mistral_LoRAs`` / ``NLG/get_subspaceadapter.py`` of toshi2k2/unisub) plus the scaled products
-  ``s_i B_i A_i`` in each requested unfolding (:func:`uws_core.linalg.lora.lora_product_spectrum`).
+  ``s_i B_i A_i`` in each requested unfolding, all from the factors
+  (:func:`uws_core.linalg.factored_spectra.factored_lora_spectra`).
 * :func:`checkpoint_key_spectra_with_null` (notebook 02): the trained stack of one checkpoint key and a Gaussian
   null of the same shape and per-model standard deviation, streamed one model at a time, in each unfolding.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.factored_spectra import factored_lora_spectra
 from uws_core.linalg.spectral import Spectrum, StreamingSpectrum
 
 __all__ = ["AUTHORS_FACTOR_VIEWS", "lora_view_spectra", "checkpoint_key_spectra_with_null"]
@@ -28,13 +29,14 @@ def lora_view_spectra(B: torch.Tensor, A: torch.Tensor, scaling,
 
     ``views`` maps a label to ``(unfolding, center)`` of the scaled product ``s_i B_i A_i``, or to ``None`` for
     the two factor views of the authors' recipe (labels :data:`AUTHORS_FACTOR_VIEWS`, always computed).
+    All from the factors, sharing two factor Grams (``uws_core.linalg.factored_spectra.factored_lora_spectra``:
+    (N r)^2 Grams when N r < d, else d x d Grams; the same numbers as ``lora_factor_spectra`` /
+    ``lora_product_spectrum`` to round-off, tests/experiments/test_views.py). Eigenvalues only, no basis.
     """
-    sa, sb = lora_factor_spectra(B, A, center="samples", k=0)
-    out = {AUTHORS_FACTOR_VIEWS[0]: sa, AUTHORS_FACTOR_VIEWS[1]: sb}
-    for view, how in views.items():
-        if how is not None:
-            out[view] = lora_product_spectrum(B, A, unfolding=how[0], center=how[1], k=0, scaling=scaling)
-    return out
+    products = {view: how for view, how in views.items() if how is not None}
+    got = factored_lora_spectra(B, A, scaling=scaling, factor_center="samples", products=products)
+    return {AUTHORS_FACTOR_VIEWS[0]: got["lora_A"], AUTHORS_FACTOR_VIEWS[1]: got["lora_B"],
+            **{view: got[view] for view in products}}
 
 
 def checkpoint_key_spectra_with_null(cset, key: str, views: Sequence[str], k_basis: Mapping[str, int | None],

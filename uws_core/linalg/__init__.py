@@ -2,7 +2,7 @@
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
 
-Modules: ``device``, ``factored_spectra``, ``lora``, ``nulls``, ``numerics``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
+Modules: ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``partial_eigen``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -15,9 +15,10 @@ _API = {
     "ACCUM_DTYPE": "device",
     "CENTERS": "spectral",
     "ChunkedGram": "subspace",
-    "FactoredModelBasis": "lora",
+    "FactoredModelBasis": "lora_model_basis",
     "FactoredProductGram": "varying_rank",
     "KERNEL_THREADS": "numerics",
+    "LoraChunkLayout": "lora_model_basis",
     "NonFiniteWeightError": "spectral",
     "OPT_OUT": "numerics",
     "PINNED_ENV": "numerics",
@@ -31,6 +32,9 @@ _API = {
     "StackedRowSpectrum": "varying_rank",
     "StreamingLoraSpectrum": "lora",
     "StreamingSpectrum": "spectral",
+    "TOPK_MAX_ITER": "partial_eigen",
+    "TOPK_TOL": "partial_eigen",
+    "TopEig": "partial_eigen",
     "UNFOLDINGS": "spectral",
     "as_tensor": "device",
     "authors_figure_evr": "recipes",
@@ -41,8 +45,11 @@ _API = {
     "authors_subspace": "recipes",
     "center_rows": "factored_spectra",
     "center_stack": "spectral",
+    "check_lora_pairs": "lora_model_basis",
     "compute_settings": "numerics",
+    "concat_chunks": "lora_model_basis",
     "cpu_has_avx2": "numerics",
+    "dense_operator": "partial_eigen",
     "eigh_descending": "subspace",
     "explained_variance_ratio": "subspace",
     "factored_lora_spectra": "factored_spectra",
@@ -55,8 +62,10 @@ _API = {
     "k_for_threshold": "subspace",
     "kernel_report": "numerics",
     "lora_factor_spectra": "lora",
+    "lora_gram_block": "lora_model_basis",
     "lora_product_spectrum": "lora",
     "lora_products": "lora",
+    "lora_scaling_vector": "lora_model_basis",
     "lora_uncentred_norm_sq": "recipes",
     "marchenko_pastur_pdf": "nulls",
     "marchenko_pastur_spectrum": "nulls",
@@ -68,6 +77,8 @@ _API = {
     "pin_environment": "numerics",
     "pinned_env": "numerics",
     "principal_angles": "subspace",
+    "product_feature_gram": "factored_spectra",
+    "product_feature_spectrum": "factored_spectra",
     "product_scaling": "recipes",
     "profile": "numerics",
     "progress_disabled": "numerics",
@@ -83,6 +94,8 @@ _API = {
     "stable_seed_63_masked": "numerics",
     "stack_spectrum": "spectral",
     "stacked_rows_spectrum": "factored_spectra",
+    "thread_settings": "numerics",
+    "top_eigvalsh": "partial_eigen",
     "transformers_quiet": "numerics",
     "unfold": "spectral",
     "uses_small_gram": "factored_spectra",

@@ -39,7 +39,7 @@ from uws_core.linalg.spectral import Spectrum, check_center, check_finite, check
 from uws_core.linalg.subspace import model_axis_eigen
 
 __all__ = ["stacked_rows_spectrum", "factored_product_spectrum", "factored_lora_spectra", "uses_small_gram",
-           "center_rows"]
+           "center_rows", "product_feature_spectrum", "product_feature_gram"]
 
 
 def uses_small_gram(n_samples: int, d_feature: int) -> bool:
@@ -207,18 +207,9 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
     Exact for any N r (the spectrum lives in an N r-dim space); the cost is O((N r)^2 d + (N r)^3), so it
     pays when ``N r < d_feature``. Same numbers as ``uws_core.linalg.lora.lora_product_spectrum`` up to round-off.
     """
-    check_unfolding(unfolding)
-    check_center(center)
-    dev = pick_device(device)
-    b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)
-    a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)
-    if check:
-        check_finite(b)
-        check_finite(a)
+    b, a, s, dev = _product_inputs(B, A, unfolding, center, scaling, device, check)
     n, d_out, r = b.shape
     d_in = a.shape[2]
-    s = torch.ones(n, dtype=ACCUM_DTYPE, device=dev) if scaling is None else \
-        torch.as_tensor(np.broadcast_to(np.asarray(scaling, dtype=np.float64), (n,)).copy()).to(dev)
     if grams is None:
         grams = _factor_grams(b, a)
     g_a, g_b = grams
@@ -242,41 +233,131 @@ def factored_product_spectrum(B, A, unfolding: str = "rows", center: str = "mode
 
 
 def factored_lora_spectra(B, A, unfolding: str = "rows", center: str = "models", scaling=None,
-                          factor_center: str = "samples", device=None, check: bool = True) -> dict:
+                          factor_center: str = "samples", device=None, check: bool = True, products=None) -> dict:
     """The three spectra ``uws spectra`` reports for one LoRA module key, from small Grams where they pay.
 
     * ``lora_A``: A stack (N, r, d_in), "rows" unfolding, centred ``factor_center`` (authors' recipe:
       "samples"), unscaled -- :func:`stacked_rows_spectrum`;
     * ``lora_B``: B stack (N, d_out, r), "cols" unfolding (rows of B_i^T), same centring, unscaled;
     * ``product``: ``s_i B_i A_i`` in ``unfolding`` / ``center`` -- :func:`factored_product_spectrum` when
-      its feature dimension exceeds N r (or for the model axis), else ``uws_core.linalg.lora.lora_product_spectrum``
-      (the d x d factored route).
+      its feature dimension exceeds N r (or for the model axis), else :func:`product_feature_spectrum` (the
+      d x d Gram from the factors), or ``uws_core.linalg.lora.lora_product_spectrum`` when the mean dominates.
+    * ``products``: optional ``{label: (unfolding, center)}``; then one product spectrum per label (instead
+      of ``product``), all sharing the two factor Grams (notebook 01's views, ``experiments.views``).
 
-    Returns ``{"lora_A": Spectrum, "lora_B": Spectrum, "product": Spectrum}``.
+    Returns ``{"lora_A": Spectrum, "lora_B": Spectrum, "product": Spectrum}`` (or the labels of ``products``).
     """
     from uws_core.linalg.lora import lora_product_spectrum
 
     dev = pick_device(device)
     b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)  # (N, d_out, r)
     a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)  # (N, r, d_in)
-    if check:  # once for the three views (``check=False``: the caller's loader has checked, e.g. AdapterSet)
+    if check:  # once for all views (``check=False``: the caller's loader has checked, e.g. AdapterSet)
         check_finite(b)
         check_finite(a)
     n, d_out, r = b.shape
     d_in = a.shape[2]
-    d_feat = d_in if unfolding == "rows" else d_out
-    product_small = unfolding == "model" or uses_small_gram(n * r, d_feat)
-    g_a, g_b = _factor_grams(b, a, need_a=product_small or uses_small_gram(n * r, d_in),
-                             need_b=product_small or uses_small_gram(n * r, d_out))
+    products = {"product": (unfolding, center)} if products is None else dict(products)
+    small = {label: u == "model" or uses_small_gram(n * r, d_in if u == "rows" else d_out)
+             for label, (u, _) in products.items()}
+    g_a, g_b = _factor_grams(b, a, need_a=any(small.values()) or uses_small_gram(n * r, d_in),
+                             need_b=any(small.values()) or uses_small_gram(n * r, d_out))
     out = {"lora_A": stacked_rows_spectrum(a, factor_center, dev, "rows", (r, d_in), gram=g_a, check=False),
            "lora_B": stacked_rows_spectrum(b.transpose(1, 2), factor_center, dev, "cols", (d_out, r), gram=g_b,
                                            check=False)}
-    if product_small:
-        out["product"] = factored_product_spectrum(b, a, unfolding, center, scaling, dev, grams=(g_a, g_b),
-                                                   check=False)
-    else:
-        out["product"] = lora_product_spectrum(b, a, unfolding, center, k=0, device=dev, scaling=scaling)
+    for label, (unf, cen) in products.items():
+        if small[label]:
+            out[label] = factored_product_spectrum(b, a, unf, cen, scaling, dev, grams=(g_a, g_b), check=False)
+        else:  # N r >= d: the d x d Gram from the factors; the streaming route when the mean dominates
+            out[label] = (product_feature_spectrum(b, a, unf, cen, scaling, dev, check=False)
+                          or lora_product_spectrum(b, a, unf, cen, k=0, device=dev, scaling=scaling))
     return out
+
+
+def product_feature_gram(b: torch.Tensor, a: torch.Tensor, unfolding: str, center: str, s: torch.Tensor):
+    """``(Z^T Z, trace)`` for the centred rows (or cols) unfolding ``Z`` of ``{s_i B_i A_i}`` (d_feat x d_feat).
+
+    For N r >= d_feat. ``sum_i P_i^T P_i = W^T W`` with ``W_i = s_i R_i A_i`` (r x d_in) and
+    ``B_i^T B_i = R_i^T R_i`` (symmetric square root), one syrk of ``W (N r, d_in)``; centring subtracts
+    ``N Pbar^T Pbar`` ("models", ``Pbar = (1/N) sum_i s_i B_i A_i`` formed once, one GEMM) or ``N d_out m m^T``
+    ("samples", m the mean row). Returns None when the removed mean carries more than
+    :data:`GRAM_CENTRING_MAX_RATIO` times the centred variance (cancellation): the caller then centres first.
+    "cols" is "rows" of ``P_i^T = (s_i A_i^T) B_i^T``. b (N, d_out, r), a (N, r, d_in) float64."""
+    if unfolding == "cols":
+        b, a = a.transpose(1, 2), b.transpose(1, 2)
+    n, d_rows, r = b.shape
+    lam, v = torch.linalg.eigh(b.transpose(1, 2) @ b)  # (N, r), (N, r, r): B_i^T B_i = V diag(lam) V^T
+    root = (v * lam.clamp_min(0.0).sqrt()[:, None, :]).transpose(1, 2)  # R_i = diag(sqrt lam) V^T
+    w = (s.view(n, 1, 1) * (root @ a)).reshape(n * r, a.shape[2])  # (N r, d_feat)
+    gram = _gram_cols(w)  # (d_feat, d_feat) = W^T W
+    if center == "none":
+        return gram, float(torch.trace(gram))
+    if center == "models":
+        bs = (s.view(n, 1, 1) * b).transpose(0, 1).reshape(d_rows, n * r)  # [s_1 B_1 ... s_N B_N] (d_rows, N r)
+        mean = _matmul(bs, a.reshape(n * r, a.shape[2])) / n  # Pbar (d_rows, d_feat): one GEMM
+        removed = _gram_cols(mean) * n
+    else:
+        mean = torch.einsum("i,ir,ird->d", s, b.sum(dim=1), a)[None, :] / (n * d_rows)  # mean row (1, d_feat)
+        removed = _gram_cols(mean) * (n * d_rows)
+    gram = gram - removed
+    total, gone = float(torch.trace(gram)), float(torch.trace(removed))
+    if gone > GRAM_CENTRING_MAX_RATIO * max(total, 0.0):
+        return None
+    return gram, total
+
+
+def _matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``X Y`` (numpy's GEMM on CPU: about 2x torch's single-thread CPU GEMM at these shapes)."""
+    if _use_lapack(x):
+        return torch.from_numpy(x.numpy() @ y.numpy())
+    return x @ y
+
+
+def _gram_cols(x: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` of ``X (n, d)`` (syrk through numpy on CPU)."""
+    if _use_lapack(x):
+        xn = x.numpy()
+        return torch.from_numpy(xn.T @ xn)
+    return x.T @ x
+
+
+def product_feature_spectrum(B, A, unfolding: str = "rows", center: str = "models", scaling=None, device=None,
+                             check: bool = True) -> Spectrum | None:
+    """Spectrum of the rows / cols unfolding of ``{s_i B_i A_i}`` from its d_feat x d_feat Gram built from the
+    factors (:func:`product_feature_gram`; no d_out x d_in product per adapter). For N r >= d_feat, where the
+    (N r)^2 route of :func:`factored_product_spectrum` is the larger one. None when the mean dominates (see
+    :func:`product_feature_gram`). Same numbers as ``uws_core.linalg.lora.lora_product_spectrum``."""
+    if unfolding == "model":
+        raise ValueError("product_feature_spectrum is for the rows / cols unfoldings")
+    b, a, s, _ = _product_inputs(B, A, unfolding, center, scaling, device, check)
+    n, d_out, r = b.shape
+    res = product_feature_gram(b, a, unfolding, center, s)
+    if res is None:
+        return None
+    gram, total = res
+    d_rows, d_feat = (d_out, a.shape[2]) if unfolding == "rows" else (a.shape[2], d_out)
+    return Spectrum(variances=_sym_eigvals(gram, min(n * d_rows, d_feat)), total_variance=total, basis=None,
+                    mean=None, unfolding=unfolding, center=center, n_models=n, matrix_shape=(d_out, a.shape[2]))
+
+
+def _product_inputs(B, A, unfolding, center, scaling, device, check):
+    """Checked float64 ``b (N, d_out, r)``, ``a (N, r, d_in)``, scalings ``s (N,)`` and the device."""
+    check_unfolding(unfolding)
+    check_center(center)
+    dev = pick_device(device)
+    b = torch.as_tensor(B).to(dev, ACCUM_DTYPE)
+    a = torch.as_tensor(A).to(dev, ACCUM_DTYPE)
+    if check:
+        check_finite(b)
+        check_finite(a)
+    return b, a, _scalings(scaling, b.shape[0], dev), dev
+
+
+def _scalings(scaling, n: int, dev) -> torch.Tensor:
+    """(N,) float64 per-adapter scalings (default 1)."""
+    if scaling is None:
+        return torch.ones(n, dtype=ACCUM_DTYPE, device=dev)
+    return torch.as_tensor(np.broadcast_to(np.asarray(scaling, dtype=np.float64), (n,)).copy()).to(dev)
 
 
 def _factor_grams(b: torch.Tensor, a: torch.Tensor, need_a: bool = True, need_b: bool = True):

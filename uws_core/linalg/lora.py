@@ -6,8 +6,8 @@ Factors follow PEFT: ``B: (N, d_out, r)``, ``A: (N, r, d_in)``, scaling ``s_i = 
 * Model axis ("model", the replication's recipe: B@A flattened, centred PCA): the Gram
   ``K_ij = <P_i, P_j>_F = s_i s_j * sum over the r x r block of (Bcat^T Bcat) * (Acat Acat^T)``, centred as
   ``H K H``; the basis lives in R^{d_out*d_in} and is kept as loadings over models
-  (:class:`FactoredModelBasis`: ``basis_j = sum_i coef_ij P_i``), with projection / reconstruction of new
-  adapters by inner products only.
+  (:class:`uws_core.linalg.lora_model_basis.FactoredModelBasis`: ``basis_j = sum_i coef_ij P_i``), with
+  projection / reconstruction of new adapters by inner products only.
 * Rows ("rows", basis in R^{d_in}): ``sum_i A_i^T (B_i^T B_i) A_i = F^T F`` with ``F_i = R_i A_i`` (``R_i`` from
   the QR of ``B_i``), minus ``N M^T M`` for "models" centring (``M = Bcat Acat / N``, the running sum); when
   ``N*r < d_in`` the same is done in the (N r)-dim span of ``Acat^T`` (QR) and mapped back.
@@ -20,173 +20,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from uws_core.linalg.device import ACCUM_DTYPE, as_tensor, pick_device
+from uws_core.linalg.device import ACCUM_DTYPE, pick_device
 from uws_core.linalg.spectral import (ShapeMismatchError, Spectrum, check_center, check_finite, check_unfolding,
                                stack_spectrum)
 from uws_core.linalg.subspace import ChunkedGram, eigh_descending, model_axis_eigen, resolve_k
+from uws_core.linalg.lora_model_basis import (FactoredModelBasis, LoraChunkLayout, check_lora_pairs, concat_chunks,
+                                              lora_gram_block, lora_scaling_vector)
 
-__all__ = ["lora_product_spectrum", "lora_factor_spectra", "lora_products", "StreamingLoraSpectrum",
-           "FactoredModelBasis"]
+__all__ = ["lora_product_spectrum", "lora_factor_spectra", "lora_products", "StreamingLoraSpectrum"]
 
 
 def _default_chunk(rank: int) -> int:
     return max(1, 1024 // max(rank, 1))  # about 1024 stacked factor rows per Gram block: efficient GEMMs
-
-
-class _LoraPrepare:
-    """Upcast a stored chunk ``(B (c,d_out,r), A (c,r,d_in), s (c,))`` to float64 GEMM layout
-    ``(Bcat (d_out, c r), Acat (c r, d_in), r, s)``, reusing one buffer per ``slot`` (no allocation per block,
-    which keeps the heap from fragmenting); ``slot=None`` returns fresh tensors."""
-
-    def __init__(self):
-        self._buffers: dict = {}
-
-    def __call__(self, chunk, device, slot=None):
-        b, a, s = chunk
-        c, d_out, r = b.shape
-        d_in = a.shape[2]
-        key = (c, d_out, r, d_in, str(device))
-        bufs = self._buffers.get(slot)
-        if slot is None or bufs is None or bufs[0] != key:
-            bufs = (key, torch.empty(d_out, c, r, dtype=ACCUM_DTYPE, device=device),
-                    torch.empty(c, r, d_in, dtype=ACCUM_DTYPE, device=device))
-            if slot is not None:
-                self._buffers[slot] = bufs
-        _, bb, ab = bufs
-        bb.copy_(b.permute(1, 0, 2))  # (d_out, c, r): Bcat with adapters side by side
-        ab.copy_(a)
-        return bb.view(d_out, c * r), ab.view(c * r, d_in), r, s.to(device, ACCUM_DTYPE)
-
-
-def _prepare(chunk, device, slot=None):
-    return _LoraPrepare()(chunk, device, slot)
-
-
-def _inner(pa, pb) -> torch.Tensor:
-    """Block of <P_i, P_j>_F = s_i s_j sum over the r x r block of (B_i^T B_j) * (A_i A_j^T)."""
-    (ba, aa, ra, sa), (bb, ab, rb, sb) = pa, pb
-    gb = ba.T @ bb  # (c_a r_a, c_b r_b): B_i^T B_j blocks
-    ga = aa @ ab.T  # (c_a r_a, c_b r_b): A_i A_j^T blocks
-    k = gb.mul_(ga).reshape(ba.shape[1] // ra, ra, bb.shape[1] // rb, rb).sum(dim=(1, 3))
-    return k * sa[:, None] * sb[None, :]
-
-
-def _cat(items):
-    return tuple(torch.cat(parts, dim=0) for parts in zip(*items))
-
-
-class FactoredModelBasis:
-    """Model-axis basis in R^{d_out*d_in} kept in factored form: ``basis_j = sum_i coef_ij P_i``.
-
-    ``coef`` (N, k) float64 with columns summing to zero when centred, so ``basis_j = sum_i coef_ij (P_i - M)``
-    with ``M = mean_i P_i``; orthonormality is ``coef^T K coef = I`` with the model Gram K. Inputs stay in
-    their own dtype (chunks of the stack); nothing of size d_out*d_in is formed unless asked for.
-    """
-
-    def __init__(self, chunks, gram: torch.Tensor, coef: torch.Tensor, center: str, shape, device):
-        self.chunks, self.gram, self.coef, self.center = chunks, gram, coef, center
-        self.shape, self.device = (int(shape[0]), int(shape[1])), device
-        self.n_models = gram.shape[0]
-        self._mean_inner = gram.mean(dim=1)  # <P_i, M> (N,)
-        self._mean_sq = float(gram.mean())  # ||M||^2
-
-    @property
-    def k(self) -> int:
-        return int(self.coef.shape[1])
-
-    def _new_pairs(self, b, a, scaling):
-        b, a = _check_pairs(b, a)
-        s = _scaling_vector(scaling, b.shape[0])
-        return _prepare((b, a, s), self.device)
-
-    def inner_with(self, b, a, scaling=None) -> torch.Tensor:
-        """``<P_i, P_new_l>_F`` for every stored model i and new adapter l -> (N, m) float64."""
-        pn = self._new_pairs(b, a, scaling)
-        prep = _LoraPrepare()
-        return torch.cat([_inner(prep(ch, self.device, slot=1), pn) for ch in self.chunks], dim=0)
-
-    def project(self, b, a, scaling=None, center: bool = True, k: int | None = None) -> torch.Tensor:
-        """Coordinates of new adapters ``(B (m,d_out,r'), A (m,r',d_in))`` -> (m, k) float64.
-
-        ``center=True`` gives ``<basis_j, P - M>``, ``False`` gives ``<basis_j, P>`` (the authors' convention
-        of reconstructing without the mean)."""
-        coef = self.coef[:, :k] if k is not None else self.coef
-        coords = self.inner_with(b, a, scaling).T @ coef  # (m, k)
-        if center:
-            coords = coords - self._mean_inner @ coef
-        return coords
-
-    def model_weights(self, coords: torch.Tensor, add_mean: bool = True) -> torch.Tensor:
-        """Weights over the stored models, (m, N): ``P_hat = sum_i w_i P_i`` (plus M when ``add_mean``)."""
-        coords = as_tensor(coords, device=self.device)
-        w = coords @ self.coef[:, :coords.shape[-1]].T
-        return w + 1.0 / self.n_models if add_mean else w
-
-    def reconstruct(self, coords: torch.Tensor, add_mean: bool = True, dense: bool = False):
-        """Adapters from coordinates (m, k).
-
-        Returns factors ``(B_hat (m, d_out, N r), A_hat (N r, d_in))`` with ``P_hat_l = B_hat[l] @ A_hat``,
-        or with ``dense=True`` the (m, d_out, d_in) float64 matrices (small sizes only)."""
-        w = self.model_weights(coords, add_mean)  # (m, N)
-        d_out, d_in = self.shape
-        out = torch.zeros(w.shape[0], d_out, d_in, dtype=ACCUM_DTYPE, device=self.device) if dense else None
-        bs, as_, i0 = [], [], 0
-        for ch in self.chunks:
-            b64, a64, r, s = _prepare(ch, self.device)
-            c = ch[0].shape[0]
-            wr = (w[:, i0:i0 + c] * s).repeat_interleave(r, dim=1)  # (m, c r): weight and scaling per column
-            if dense:
-                out += torch.einsum("dk,mk,kn->mdn", b64, wr, a64)
-            else:
-                bs.append(b64.unsqueeze(0) * wr.unsqueeze(1))
-                as_.append(a64)
-            i0 += c
-        if dense:
-            return out
-        return torch.cat(bs, dim=2), torch.cat(as_, dim=0)
-
-    def reconstruction_error(self, b, a, scaling=None, k: int | None = None, add_mean: bool = True) -> np.ndarray:
-        """Relative error ``||P - P_hat||_F / ||P||_F`` of new adapters at k components, by inner products.
-
-        With ``add_mean``: ``P_hat = M + proj(P - M)``, else ``P_hat = proj(P)`` (the mean is not added)."""
-        pn = self._new_pairs(b, a, scaling)
-        norm_sq = torch.diagonal(_inner(pn, pn))  # ||P_l||^2 (m,)
-        coords = self.project(b, a, scaling, center=add_mean, k=k)
-        if add_mean:
-            g = self.inner_with(b, a, scaling)  # (N, m)
-            resid = norm_sq - 2 * g.mean(dim=0) + self._mean_sq - (coords ** 2).sum(dim=1)
-        else:
-            resid = norm_sq - (coords ** 2).sum(dim=1)
-        return (torch.sqrt(resid.clamp(min=0)) / torch.sqrt(norm_sq)).cpu().numpy()
-
-    def materialize(self, k: int | None = None, max_bytes: float = 2e9) -> torch.Tensor:
-        """Dense basis (d_out*d_in, k) float64 (refuses above ``max_bytes``)."""
-        kk = self.k if k is None else min(k, self.k)
-        d_out, d_in = self.shape
-        if d_out * d_in * kk * 8 > max_bytes:
-            raise MemoryError(f"dense model-axis basis would need {d_out * d_in * kk * 8 / 1e9:.1f} GB")
-        eye = torch.eye(kk, dtype=ACCUM_DTYPE, device=self.device)
-        cols = []
-        for j in range(kk):  # basis_j = reconstruct(e_j) without the mean
-            cols.append(self.reconstruct(eye[j:j + 1], add_mean=False, dense=True).reshape(-1))
-        return torch.stack(cols, dim=1).cpu()
-
-
-def _check_pairs(b, a) -> tuple[torch.Tensor, torch.Tensor]:
-    b, a = as_tensor(b, dtype=None), as_tensor(a, dtype=None)
-    if b.ndim == 2:
-        b, a = b.unsqueeze(0), a.unsqueeze(0)
-    if b.ndim != 3 or a.ndim != 3 or b.shape[0] != a.shape[0] or b.shape[2] != a.shape[1]:
-        raise ShapeMismatchError(f"LoRA factors must be B (N, d_out, r) and A (N, r, d_in); got "
-                                 f"{tuple(b.shape)} and {tuple(a.shape)}")
-    return b, a
-
-
-def _scaling_vector(scaling, n: int) -> torch.Tensor:
-    if scaling is None:
-        return torch.ones(n, dtype=ACCUM_DTYPE)
-    s = torch.as_tensor(np.broadcast_to(np.asarray(scaling, dtype=np.float64), (n,)).copy())
-    return s
 
 
 class _LoraRowScatter:
@@ -259,14 +104,14 @@ class StreamingLoraSpectrum:
         self.chunk = self.chunk or _default_chunk(r)
         d_out, d_in = self.shape
         if self.unfolding == "model":
-            self._gram = ChunkedGram(_LoraPrepare(), _inner, chunk=self.chunk, device=self.device, cat=_cat)
+            self._gram = ChunkedGram(LoraChunkLayout(), lora_gram_block, chunk=self.chunk, device=self.device, cat=concat_chunks)
         elif self.unfolding == "rows":
             self._scatter = _LoraRowScatter(d_out, d_in, self.center, self.device)
         else:
             self._scatter = _LoraRowScatter(d_in, d_out, self.center, self.device)
 
     def _validate(self, b, a, name, first_index):
-        b, a = _check_pairs(b, a)
+        b, a = check_lora_pairs(b, a)
         d_out, d_in = self.shape
         if b.shape[1] != d_out or a.shape[2] != d_in:
             raise ShapeMismatchError(f"adapter {name if name is not None else '#' + str(first_index)}"
@@ -293,7 +138,7 @@ class StreamingLoraSpectrum:
         """Add several adapters at once, ``B (c, d_out, r)``, ``A (c, r, d_in)``; stored as given (views)."""
         b, a = self._validate(b, a, None, self.n)
         self._flush()
-        s = _scaling_vector(scaling, b.shape[0])
+        s = lora_scaling_vector(scaling, b.shape[0])
         for i0 in range(0, b.shape[0], self.chunk):  # Gram blocks of ``chunk`` adapters whatever the input
             self._consume((b[i0:i0 + self.chunk], a[i0:i0 + self.chunk], s[i0:i0 + self.chunk]))
         self.n += b.shape[0]
@@ -301,7 +146,7 @@ class StreamingLoraSpectrum:
     def _flush(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []
-            self._consume(_cat(items))
+            self._consume(concat_chunks(items))
 
     def _consume(self, chunk) -> None:
         if self.unfolding == "model":
@@ -381,13 +226,13 @@ def lora_product_spectrum(B, A, unfolding: str = "model", center: str = "models"
         Same numbers as ``stack_spectrum(lora_products(B, A), unfolding, center)`` up to round-off; for the
         model axis the basis is in ``Spectrum.factored``.
     """
-    b, a = _check_pairs(B, A)
+    b, a = check_lora_pairs(B, A)
     n, d_out, r = b.shape
     d_in = a.shape[2]
     check_unfolding(unfolding)
     check_center(center)
     acc = StreamingLoraSpectrum(unfolding, center, shape=(d_out, d_in), device=device, key=key)
-    s = _scaling_vector(scaling, n)
+    s = lora_scaling_vector(scaling, n)
     d_feat = d_in if unfolding == "rows" else d_out
     if unfolding == "model" or n * r >= d_feat:
         acc.add_chunk(b, a, s)  # stored as views, in blocks of 1024 // r adapters
@@ -422,13 +267,13 @@ def lora_factor_spectra(B, A, center: str = "samples", k: int | None = None, dev
     -------
     (Spectrum of A, Spectrum of B)
     """
-    b, a = _check_pairs(B, A)
+    b, a = check_lora_pairs(B, A)
     return (stack_spectrum(a, "rows", center, k=k, device=device),
             stack_spectrum(b, "cols", center, k=k, device=device))
 
 
 def lora_products(B, A, scaling=None) -> torch.Tensor:
     """Dense ``s_i B_i @ A_i`` stack (N, d_out, d_in) float64 -- a reference for small sizes only."""
-    b, a = _check_pairs(B, A)
-    s = _scaling_vector(scaling, b.shape[0])
+    b, a = check_lora_pairs(B, A)
+    s = lora_scaling_vector(scaling, b.shape[0])
     return (b.to(ACCUM_DTYPE) @ a.to(ACCUM_DTYPE)) * s.view(-1, 1, 1)

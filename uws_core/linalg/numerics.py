@@ -43,6 +43,7 @@ import sys
 
 __all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
            "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet",
+           "thread_settings",
            "progress_disabled", "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
            "stable_seed_32", "stable_seed_63", "stable_seed_63_masked"]
 
@@ -183,6 +184,14 @@ def progress_disabled(show: bool = True) -> bool | None:
     if not show or os.environ.get(PROGRESS_ENV, "1").strip() == "0":
         return True
     return None
+
+
+def thread_settings(num_threads: int | None):
+    """:func:`compute_settings` on ``num_threads`` torch threads with oneDNN off (``None``: nothing changed),
+    determinism and transformers' bars as the caller has them: for small linear algebra (the laptop leave-one-out
+    matrices are tiny; one thread avoids OpenMP hand-offs that cost ~50x on a shared 2-core machine)."""
+    return compute_settings(num_threads, deterministic=None, quiet=False,
+                            onednn=None if num_threads is None else False)
 
 
 def transformers_quiet():

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from uws_core.linalg.device import ACCUM_DTYPE, as_tensor
-from uws_core.linalg.lora import _check_pairs, lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.lora_model_basis import check_lora_pairs
 from uws_core.linalg.spectral import Spectrum, stack_spectrum
 
 __all__ = ["RECIPES", "SCALINGS", "SOURCES", "authors_pca", "authors_pca_lora", "authors_pca_n_components",
@@ -90,7 +91,7 @@ def authors_pca_lora(B, A, device=None) -> tuple[Spectrum, Spectrum]:
     """authors-pca on one LoRA module: (spectrum of the ``lora_A`` stack (N*r, d_in), spectrum of the
     ``lora_B`` stack (N*d_out, r)), each after subtracting its cross-model mean factor. Factors as stored
     (no alpha/r: the authors read the safetensors, run_pca.py L74)."""
-    b, a = _check_pairs(B, A)  # (N, d_out, r), (N, r, d_in)
+    b, a = check_lora_pairs(B, A)  # (N, d_out, r), (N, r, d_in)
     return authors_pca(a, device=device), authors_pca(b, device=device)
 
 
@@ -168,7 +169,7 @@ def replication_null(B, A, seed: int = 0, device=None) -> Spectrum:
     std of the real A stack and of the real B stack (analyze.py L125-136), same recipe as
     :func:`replication`. Our generator (torch CPU, ``seed``) cannot reproduce their GPU draws; the null's
     EVR varies with the seed by a few 1e-3 at N = 100."""
-    b, a = _check_pairs(B, A)
+    b, a = check_lora_pairs(B, A)
     sigma_a, sigma_b = global_std(a), global_std(b)
     gen = torch.Generator().manual_seed(int(seed))
     a_null = torch.randn(a.shape, generator=gen, dtype=ACCUM_DTYPE) * sigma_a  # (N, r, d_in)
@@ -178,7 +179,7 @@ def replication_null(B, A, seed: int = 0, device=None) -> Spectrum:
 
 def lora_uncentred_norm_sq(B, A, scaling=None) -> float:
     """``sum_i ||s_i B_i A_i||_F^2`` from the factors: ``tr((B_i^T B_i)(A_i A_i^T))`` per adapter."""
-    b, a = _check_pairs(B, A)
+    b, a = check_lora_pairs(B, A)
     b, a = b.to(ACCUM_DTYPE), a.to(ACCUM_DTYPE)
     per = torch.einsum("nor,nos,nrp,nsp->n", b, b, a, a)  # (N,)
     if scaling is not None:

@@ -88,7 +88,8 @@ class Spectrum:
         The subtracted mean in the matrix frame, broadcastable to (d_out, d_in): (d_out, d_in) for "models"
         and the model axis, (1, d_in) for rows/"samples", (d_out, 1) for cols/"samples"; None for "none".
     factored : object or None
-        :class:`uws_core.linalg.lora.FactoredModelBasis` for the LoRA model axis (basis as loadings over models).
+        :class:`uws_core.linalg.lora_model_basis.FactoredModelBasis` for the LoRA model axis (basis as loadings over
+        models).
     """
 
     variances: np.ndarray

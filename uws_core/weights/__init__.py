@@ -2,7 +2,7 @@
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
 
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
+Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``file_checks``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``memory_bounds``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -21,6 +21,7 @@ _API = {
     "FORMAT": "run_dirs",
     "FORMAT_VERSION": "run_dirs",
     "FileOutcome": "hub_paths",
+    "GRAM_CHUNK_BYTES": "memory_bounds",
     "HubError": "hub",
     "LORA_A": "peft_state",
     "LORA_B": "peft_state",
@@ -29,6 +30,7 @@ _API = {
     "ResumeError": "run_dirs",
     "SCALES": "scale",
     "STAMP_FILE": "hub_paths",
+    "STORED_BYTES": "memory_bounds",
     "THRESHOLDS": "key_spectra",
     "UnsafePathError": "safe_paths",
     "adapter_spectra": "key_spectra",
@@ -41,7 +43,7 @@ _API = {
     "check_repo_id": "safe_paths",
     "check_weight": "dtype_policy",
     "checkpoint_spectra": "key_spectra",
-    "checksum_problem": "hub",
+    "checksum_problem": "file_checks",
     "committed_fingerprints": "fingerprints",
     "compact_lora_pair": "peft_state",
     "compare_fingerprints": "resume_fingerprints",
@@ -54,19 +56,24 @@ _API = {
     "download_manifest": "hub",
     "drive_keys": "run_dirs",
     "entry_paths": "hub_paths",
+    "factored_memory_bound_bytes": "memory_bounds",
     "file_fingerprint": "resume_fingerprints",
-    "file_sha256": "cache",
+    "file_sha256": "file_checks",
     "format_gib": "dtype_policy",
     "free_bytes": "hub_paths",
-    "git_blob_sha1": "hub",
+    "git_blob_sha1": "file_checks",
     "hub_offline": "hub",
+    "in_memory_key_bound_bytes": "memory_bounds",
     "join_lora_state": "peft_state",
     "key_filename": "run_dirs",
+    "kohya_memory_bound_bytes": "memory_bounds",
     "lock_entry": "hub",
     "lock_manifest": "hub",
     "lora_delta": "peft_state",
     "lora_pair_from_dense": "peft_state",
     "lora_products": "peft_state",
+    "memory_bound_bytes": "memory_bounds",
+    "model_axis_chunk": "memory_bounds",
     "model_files": "resume_fingerprints",
     "move_file": "hub_paths",
     "numerical_rank": "peft_state",
@@ -82,7 +89,7 @@ _API = {
     "save_peft_adapter": "peft_state",
     "scale": "scale",
     "select_keys": "run_dirs",
-    "shape_problems": "hub",
+    "shape_problems": "file_checks",
     "side_dirs": "hub_paths",
     "spectrum_summary": "key_spectra",
     "split_lora_state": "peft_state",

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from uws_core.weights import dtype_policy
-from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
-                                  unique_names)
+from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, model_dirs_under, named_paths, natural_key,
+                                          read_safetensors_header)
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,7 @@ class AdapterSet:
     """
 
     def __init__(self, dirs: Sequence[Path | str], names: Sequence[str] | None = None):
-        self.dirs = [Path(d) for d in dirs]
-        if not self.dirs:
-            raise AdapterFormatError("no adapter directories given")
-        self.names = list(names) if names is not None else unique_names(self.dirs)
-        if len(self.names) != len(self.dirs) or len(set(self.names)) != len(self.names):
-            raise AdapterFormatError(f"names must be unique, one per directory; got {self.names}")
+        self.dirs, self.names = named_paths(dirs, names, AdapterFormatError, "adapter directories")
         self.configs = [read_adapter_config(d) for d in self.dirs]
         self._modules = [_adapter_factors(d, c) for d, c in zip(self.dirs, self.configs)]
         self._check_consistent()
@@ -242,13 +237,8 @@ class AdapterSet:
 
         Names are the paths relative to ``root``, in natural order.
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise MissingAdapterFileError(f"adapter root {root} does not exist")
-        dirs = find_adapter_dirs(root)
-        if not dirs:
-            raise MissingAdapterFileError(f"no adapter ({CONFIG_FILE}) under {root}")
-        return cls(dirs, names=[p.relative_to(root).as_posix() for p in dirs])
+        dirs, names = model_dirs_under(root, find_adapter_dirs, MissingAdapterFileError, "adapter", CONFIG_FILE)
+        return cls(dirs, names=names)
 
     def _check_consistent(self) -> None:
         ref_dir, ref = self.dirs[0], self._modules[0]

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Callable
 
 from uws_core.weights import safe_paths
+from uws_core.weights.file_checks import file_sha256
 
-__all__ = ["CacheError", "default_cache_dir", "config_digest", "file_sha256", "write_manifest",
+__all__ = ["CacheError", "default_cache_dir", "config_digest", "write_manifest",
            "verify_cache_dir", "read_info", "build_cached"]
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,6 @@ def config_digest(config: dict, format_version: int) -> str:
     blob = json.dumps({"format": format_version, "torch": torch.__version__, "numerics": profile(),
                        "transformers": transformers.__version__, **config}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(root: Path, format_version: int, info: dict | None = None) -> None:

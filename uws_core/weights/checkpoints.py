@@ -66,6 +66,33 @@ def unique_names(dirs: Sequence[Path]) -> list[str]:
     return [str(d.resolve().relative_to(common)) or d.name for d in dirs]
 
 
+def named_paths(paths: Sequence[Path | str], names: Sequence[str] | None, error: type[Exception], what: str,
+                one: str = "directory") -> tuple[list[Path], list[str]]:
+    """The models of a set: ``paths`` as Paths and one unique label each (default :func:`unique_names`).
+    ``error`` is raised when no path is given ("no ``what`` given") or the labels are not unique, one per
+    ``one``."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise error(f"no {what} given")
+    names = list(names) if names is not None else unique_names(paths)
+    if len(names) != len(paths) or len(set(names)) != len(names):
+        raise error(f"names must be unique, one per {one}; got {names}")
+    return paths, names
+
+
+def model_dirs_under(root: Path | str, find, error: type[Exception], what: str, marker: str
+                     ) -> tuple[list[Path], list[str]]:
+    """Every model directory ``find(root)`` returns (any depth, e.g. ``root/owner/name``), named by its path
+    relative to ``root``; ``error`` names the missing root or, when none is found, the ``marker`` file looked for."""
+    root = Path(root)
+    if not root.is_dir():
+        raise error(f"{what} root {root} does not exist")
+    dirs = find(root)
+    if not dirs:
+        raise error(f"no {what} ({marker}) under {root}")
+    return dirs, [p.relative_to(root).as_posix() for p in dirs]
+
+
 def refuse_pickles(directory: Path, error: type[WeightFormatError]) -> None:
     """Raise ``error`` when ``directory`` only offers pickle weights (``*.bin``)."""
     found = [f for f in PICKLE_FILES if (directory / f).is_file()]
@@ -245,12 +272,7 @@ class CheckpointSet:
     """
 
     def __init__(self, dirs: Sequence[Path | str], names: Sequence[str] | None = None, strict: bool = True):
-        self.dirs = [Path(d) for d in dirs]
-        if not self.dirs:
-            raise CheckpointFormatError("no checkpoint directories given")
-        self.names = list(names) if names is not None else unique_names(self.dirs)
-        if len(self.names) != len(self.dirs) or len(set(self.names)) != len(self.names):
-            raise CheckpointFormatError(f"names must be unique, one per directory; got {self.names}")
+        self.dirs, self.names = named_paths(dirs, names, CheckpointFormatError, "checkpoint directories")
         # per model: key -> (file, shape, dtype) of its 2-D floating tensors
         self._files = []
         for name, d in zip(self.names, self.dirs):
@@ -274,13 +296,9 @@ class CheckpointSet:
 
         Names are the paths relative to ``root``, in natural order.
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise MissingCheckpointFileError(f"checkpoint root {root} does not exist")
-        dirs = find_checkpoint_dirs(root)
-        if not dirs:
-            raise MissingCheckpointFileError(f"no checkpoint ({SINGLE_FILE} or {INDEX_FILE}) under {root}")
-        return cls(dirs, names=[p.relative_to(root).as_posix() for p in dirs], strict=strict)
+        dirs, names = model_dirs_under(root, find_checkpoint_dirs, MissingCheckpointFileError, "checkpoint",
+                                       f"{SINGLE_FILE} or {INDEX_FILE}")
+        return cls(dirs, names=names, strict=strict)
 
     def _common_keys(self, strict: bool) -> list[str]:
         ref_name, ref = self.names[0], self._files[0]

@@ -31,7 +31,6 @@ Only three of its methods are used: ``model_info`` (``dataset_info`` for a datas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from uws_core.linalg.numerics import progress_disabled
 from uws_core.weights import safe_paths
 from uws_core.weights.hub_paths import (DownloadReport, EntryPaths, FileOutcome, read_stamp, stamp_of, write_stamp, check_entry_file_name, entry_paths, free_bytes,
                                         move_file, side_dirs, unpublish)
-from uws_core.weights.checkpoints import WeightFormatError, read_safetensors_header
+from uws_core.weights.file_checks import checksum_problem, shape_problems
 from uws_core.weights.manifests import (DATA_SUFFIXES, FileChecksum, ManifestError, format_checksums, load_manifest,
                                         match_files, parse_checksums, parse_expected_shapes, repo_type_of, split_cell,
                                         write_manifest)
@@ -51,7 +50,6 @@ from uws_core.weights.manifests import (DATA_SUFFIXES, FileChecksum, ManifestErr
 log = logging.getLogger(__name__)
 
 SAVE_EVERY = 25  # lock: rewrite the manifest every this many entries, so an interrupted lock keeps its work
-_BUF = 1 << 22
 
 
 class HubError(RuntimeError):
@@ -79,52 +77,6 @@ def default_api():
     from huggingface_hub import HfApi
 
     return HfApi()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (what the hub stores as ``lfs.sha256``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_BUF):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_blob_sha1(path: Path) -> str:
-    """git's blob id of a file: sha1 of ``b"blob <size>\\0" + bytes`` (the hub's ``blob_id``)."""
-    h = hashlib.sha1()
-    h.update(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(_BUF):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def checksum_problem(path: Path, want: FileChecksum) -> str | None:
-    """None if ``path`` has the pinned size and checksum, else what differs."""
-    size = path.stat().st_size
-    if size != want.size:
-        return f"size {size} bytes, pinned {want.size}"
-    got = file_sha256(path) if want.algo == "sha256" else git_blob_sha1(path)
-    if got != want.hex:
-        return f"{want.algo} {got}, pinned {want.hex}"
-    return None
-
-
-def shape_problems(path: Path, expected: dict[str, tuple[int, ...]]) -> list[str]:
-    """Tensors of a safetensors file whose shape differs from ``expected`` (key suffix -> shape)."""
-    if not expected or not path.name.endswith(".safetensors"):
-        return []
-    try:
-        header = read_safetensors_header(path)
-    except WeightFormatError as exc:
-        return [str(exc)]
-    bad = []
-    for key, (shape, _) in header.items():
-        for suffix, want in expected.items():
-            if (key == suffix or key.endswith("." + suffix)) and tuple(shape) != want:
-                bad.append(f"{key} has shape {tuple(shape)}, expected {want}")
-    return bad
 
 
 def _lfs_sha256(lfs) -> str:
@@ -401,6 +353,5 @@ def _download_entry(api, repo_id, revision, sums, expected, paths: EntryPaths, r
     return outcome
 
 
-__all__ = ["HubError", "hub_offline", "file_sha256", "git_blob_sha1", "checksum_problem", "shape_problems",
-           "lock_entry", "lock_manifest", "download_manifest", "DownloadReport", "FileOutcome", "side_dirs",
-           "ManifestError", "split_cell"]
+__all__ = ["HubError", "hub_offline", "lock_entry", "lock_manifest", "download_manifest", "DownloadReport", "FileOutcome",
+           "side_dirs", "ManifestError", "split_cell"]

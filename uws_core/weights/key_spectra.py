@@ -3,9 +3,9 @@
 Checkpoints: the chosen unfolding and centring of the stack (N, d_out, d_in), streamed one model at a time
 (:class:`uws_core.linalg.spectral.StreamingSpectrum`). Adapters: ``lora_A`` (rows) and ``lora_B`` (cols) of the
 authors-subspace recipe (toshi2k2/unisub ``NLG/get_subspaceadapter.py``; :mod:`uws_core.linalg.recipes`) and the
-product ``s_i B_i A_i`` in factored form (:func:`uws_core.linalg.lora.lora_product_spectrum`); when the stack's rank N r is below the
-dimension, all three come from (N r) x (N r) Grams (:func:`uws_core.linalg.factored_spectra.factored_lora_spectra`,
-equal to round-off), as in ``uws spectra``. ``uws spectra``
+product ``s_i B_i A_i``, all three from the factors (:func:`uws_core.linalg.factored_spectra.factored_lora_spectra`:
+(N r) x (N r) Grams when the stack's rank N r is below the dimension, else d x d Grams built from the factors;
+equal to the dense routes to round-off), as in ``uws spectra``. ``uws spectra``
 (:mod:`uws_core.weights.population_spectra`) writes the same per key to a resumable run directory instead.
 """
 
@@ -16,8 +16,7 @@ import logging
 from tqdm.auto import tqdm
 
 from uws_core.linalg import recipes
-from uws_core.linalg.factored_spectra import factored_lora_spectra, uses_small_gram
-from uws_core.linalg.lora import lora_factor_spectra, lora_product_spectrum
+from uws_core.linalg.factored_spectra import factored_lora_spectra
 from uws_core.linalg.numerics import progress_disabled
 from uws_core.linalg.spectral import StreamingSpectrum
 from uws_core.weights.adapters import AdapterSet, parse_module_key
@@ -69,13 +68,9 @@ def adapter_spectra(aset: AdapterSet, keys: list[str], unfolding: str, center: s
         d_out, r, d_in = aset.shape(key)
         # P_i = s_i B_i @ A_i, the weight update itself (s_i = alpha_i / r)
         s = recipes.product_scaling(scaling, aset.scalings)
-        if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, as uws spectra
-            views = factored_lora_spectra(b, a, unfolding, center, scaling=s, device=device)
-            spec_a, spec_b, spec_p = views["lora_A"], views["lora_B"], views["product"]
-        else:
-            spec_a, spec_b = lora_factor_spectra(b, a, center="samples", k=0, device=device)
-            spec_p = lora_product_spectrum(b, a, unfolding=unfolding, center=center, k=0, device=device,
-                                           scaling=s, key=key)
+        # (N r)^2 Grams when N r < d, else d x d Grams from the factors, as uws spectra
+        views = factored_lora_spectra(b, a, unfolding, center, scaling=s, device=device)
+        spec_a, spec_b, spec_p = views["lora_A"], views["lora_B"], views["product"]
         layer, module = parse_module_key(key)
         out[key] = {"layer": layer, "module": module, "shape": [d_out, d_in], "rank": r, "N": len(aset),
                     "lora_A": {**spectrum_summary(spec_a, k), "recipe": "authors-subspace"},

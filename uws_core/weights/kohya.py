@@ -44,8 +44,9 @@ from safetensors import SafetensorError, safe_open
 from uws_core.linalg.device import pick_device
 from uws_core.linalg.spectral import Spectrum
 from uws_core.linalg.varying_rank import FactoredProductGram, StackedRowSpectrum
-from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, natural_key, read_safetensors_header,
-                                          unique_names)
+from uws_core.weights.checkpoints import (WeightFormatError, load_tensor, named_paths, natural_key,
+                                          read_safetensors_header)
+from uws_core.weights.memory_bounds import kohya_memory_bound_bytes
 from uws_core.weights.run_dirs import FORMAT, FORMAT_VERSION, drive_keys, prepare_out, select_keys, summarize
 from uws_core.weights import dtype_policy
 
@@ -194,12 +195,7 @@ class KohyaLoraSet:
     """
 
     def __init__(self, paths: Sequence[Path | str], names: Sequence[str] | None = None):
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
-            raise KohyaFormatError("no LoRA files or directories given")
-        self.names = list(names) if names is not None else unique_names(self.paths)
-        if len(self.names) != len(self.paths) or len(set(self.names)) != len(self.names):
-            raise KohyaFormatError(f"names must be unique, one per LoRA; got {self.names}")
+        self.paths, self.names = named_paths(paths, names, KohyaFormatError, "LoRA files or directories", one="LoRA")
         self.files = [lora_file(p) for p in self.paths]
         self._modules, self._alphas, self.alpha_missing = [], [], {}
         for name, path in zip(self.names, self.files):
@@ -281,26 +277,13 @@ class KohyaLoraSet:
 
 # ---------------------------------------------------------------------------------------------- spectra
 
-def kohya_memory_bound_bytes(shape, ranks) -> dict:
-    """Upper bound of the memory of one key (bytes), float64: A ``24 d_in^2`` and B ``24 d_out^2`` (Gram and
-    eigensolver workspace), the held factors of the product ``8 R (d_out + d_in)``, its workspace
-    ``16 R r_max`` and Gram ``8 N^2``; R = sum of the ranks, plus one adapter's factors. E.g. for N = 267 and
-    r = 32 (R = 8544): an SDXL attention projection (1280, 1280) 0.26 GB; ``ff.net.0.proj`` (10240, 1280)
-    3.3 GB, dominated by B's Gram and the held factors; a 3x3 conv (1280, 11520) 4.1 GB."""
-    d_out, d_in = shape
-    ranks = np.asarray(ranks, dtype=np.int64)
-    big_r, n = int(ranks.sum()), len(ranks)
-    parts = {"lora_A": 24 * d_in ** 2, "lora_B": 24 * d_out ** 2, "factors": 8 * big_r * (d_out + d_in),
-             "workspace": 16 * big_r * int(ranks.max()), "gram": 8 * n * n}
-    return {**parts, "total": sum(parts.values())}
-
-
 def kohya_key_spectra(lset: KohyaLoraSet, key: str, device=None, k: int | None = 0) -> dict[str, Spectrum]:
     """``{"lora_A", "lora_B", "product"}`` Spectra of one module key, reading one adapter at a time.
 
     lora_A: rows of all A_i (sum r_i, d_in), centred by the mean row; lora_B: columns of all B_i, centred by
     the mean column (both as stored, unscaled; ``k`` basis vectors kept); product: model axis of the scaled
-    ``s_i B_i A_i``, centred by the mean product (no basis). Memory: :func:`kohya_memory_bound_bytes`.
+    ``s_i B_i A_i``, centred by the mean product (no basis). Memory:
+    :func:`uws_core.weights.memory_bounds.kohya_memory_bound_bytes`.
     """
     d_out, d_in = lset.shape(key)
     acc_a = StackedRowSpectrum(d_in, device, key + ".lora_A", "rows")

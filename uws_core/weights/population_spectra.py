@@ -46,6 +46,8 @@ from uws_core.linalg.device import pick_device
 from uws_core.linalg.factored_spectra import factored_lora_spectra, uses_small_gram
 from uws_core.linalg.lora import StreamingLoraSpectrum
 from uws_core.linalg.spectral import StreamingSpectrum
+from uws_core.weights.memory_bounds import (STORED_BYTES, factored_memory_bound_bytes, memory_bound_bytes,
+                                           model_axis_chunk)
 from uws_core.weights.run_dirs import (FORMAT, FORMAT_VERSION, ResumeError, drive_keys, key_filename,  # noqa: F401
                                        prepare_out, select_keys, summarize, write_json_atomic)
 
@@ -53,9 +55,7 @@ log = logging.getLogger(__name__)
 
 CONV1D_MODEL_TYPES = ("gpt2", "imagegpt", "decision_transformer")  # transformers models built on Conv1D
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc", "q_attn")
-STORED_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 STORED_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-GRAM_CHUNK_BYTES = 1 << 30  # model axis: float64 bytes of one prepared Gram chunk (two are live at once)
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -162,55 +162,6 @@ class MatrixPopulation:
         if w.ndim == 4:
             return w.reshape(w.shape[0], -1)  # (out, in, kh, kw) -> (out, in*kh*kw)
         return w.T if self.orientation[key].startswith("Conv1D") else w  # Conv1D (in, out) -> (out, in)
-
-
-# ------------------------------------------------------------------------------------------ memory bound
-
-def memory_bound_bytes(shape, n: int, unfolding: str, center: str, stored_bytes: int = 2,
-                       lora_rank: int | None = None, chunk: int = 1) -> dict:
-    """Upper bound of the memory one key needs (bytes), from the shapes alone.
-
-    With ``D = d_out*d_in``, ``d_f`` the feature dimension of the unfolding (d_in for rows, d_out for
-    cols), float64 accumulation (8 bytes) and ``s`` stored bytes per element:
-
-    * rows / cols: Gram ``8 d_f^2``, eigensolver workspace ``16 d_f^2``, running mean ``8 D`` ("models")
-      and per model ``(2 s + 32) D``: the stored tensor and its file pages, and up to four float64
-      matrices (the upcast copy, its deviation from the mean, and the next model's, with slack);
-    * model axis: the N stored matrices ``N D s``, the Gram ``8 N^2``, two prepared chunks ``16 c D``;
-    * LoRA (rank r): A ``24 d_in^2`` and B ``24 d_out^2`` (Gram + workspace), and the product: rows/cols as
-      above without per-model dense copies (``8 d_f^2 + 16 d_f^2 + 8 D`` with "models"), model axis the
-      factors ``8 N r (d_out + d_in)``, the Gram ``8 N^2`` and two prepared chunks.
-    """
-    d_out, d_in = shape
-    big_d = d_out * d_in
-    d_f = d_in if unfolding == "rows" else d_out
-    if lora_rank is None:
-        if unfolding == "model":
-            parts = {"stored_models": n * big_d * stored_bytes, "gram": 8 * n * n, "chunks": 16 * chunk * big_d}
-        else:
-            parts = {"gram": 8 * d_f ** 2, "eigensolver": 16 * d_f ** 2,
-                     "mean": 8 * big_d if center == "models" else 8 * d_f, "per_model": (2 * stored_bytes + 32) * big_d}
-        return {**parts, "total": sum(parts.values())}
-    r = lora_rank
-    parts = {"lora_A": 24 * d_in ** 2, "lora_B": 24 * d_out ** 2}
-    if unfolding == "model":
-        parts.update(factors=8 * n * r * (d_out + d_in), gram=8 * n * n, chunks=16 * chunk * r * (d_out + d_in))
-    else:
-        parts.update(product_gram=24 * d_f ** 2, product_mean=8 * big_d if center == "models" else 8 * d_f)
-    return {**parts, "total": sum(parts.values())}
-
-
-def model_axis_chunk(big_d: int) -> int:
-    """Models per Gram chunk so that one float64 chunk stays under GRAM_CHUNK_BYTES (1 to 64)."""
-    return int(max(1, min(64, GRAM_CHUNK_BYTES // (8 * big_d))))
-
-
-# ----------------------------------------------------------------------------------------------- summary
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -344,7 +295,7 @@ def _checkpoint_key(pop: MatrixPopulation, key, unfolding, center, ks, threshold
 def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, basis_k, dev,
                  max_key_bytes, out, scaled: bool = True) -> dict:
     d_out, r, d_in = aset.shape(key)
-    if uses_small_gram(len(aset) * r, max(d_out, d_in)):  # rank N r < d: (N r)^2 Grams, not d x d
+    if FACTORED_ADAPTER_KEYS:  # all N factor pairs in memory: (N r)^2 Grams when N r < d, else d x d from factors
         return _adapter_key_factored(aset, key, unfolding, center, ks, thresholds, evr_head, dev, max_key_bytes,
                                      scaled)
     bound = memory_bound_bytes((d_out, d_in), len(aset), unfolding, center, lora_rank=r, chunk=max(1, 1024 // r))
@@ -372,21 +323,19 @@ def _adapter_key(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_h
             "spectra": spectra, "memory_bound_bytes": bound, "timing": {"load_s": t_load, "compute_s": t_comp}}
 
 
-def factored_memory_bound_bytes(shape, n: int, r: int) -> dict:
-    """Memory bound (bytes) of :func:`_adapter_key_factored`: the float64 factor stacks and their centred
-    copies ``16 N r (d_out + d_in)``, four (N r)^2 float64 Grams and their eigensolver workspace ``64 (N r)^2``."""
-    d_out, d_in = shape
-    parts = {"factors": 16 * n * r * (d_out + d_in), "small_grams": 64 * (n * r) ** 2}
-    return {**parts, "total": sum(parts.values())}
+#: adapters take :func:`_adapter_key_factored` (False: the d x d streaming route of before, for benchmarks)
+FACTORED_ADAPTER_KEYS = True
 
 
 def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, thresholds, evr_head, dev,
                           max_key_bytes, scaled: bool = True) -> dict:
     """One adapter key by :func:`uws_core.linalg.factored_spectra.factored_lora_spectra` (the "factored_gram" solver).
 
-    Used when N r < max(d_out, d_in): the N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes
-    at most with the centred copies) and each view takes the smaller of its (N r)^2 and d x d Grams; the
-    numbers equal the streaming path's to round-off (tests/linalg/test_factored_spectra.py, test_population_spectra.py)."""
+    The N factor pairs are read (float64, ``16 N r (d_out + d_in)`` bytes at most with the centred copies)
+    and each view takes the smaller of its (N r)^2 and d x d Grams (solver "factored_gram" when N r < d for
+    every view, else "factor_feature_gram": the product's d x d Gram from the factors,
+    ``uws_core.linalg.factored_spectra.product_feature_gram``); the numbers equal the streaming path's to
+    round-off (tests/linalg/test_factored_spectra.py, test_population_spectra.py)."""
     d_out, r, d_in = aset.shape(key)
     n = len(aset)
     bound = factored_memory_bound_bytes((d_out, d_in), n, r)
@@ -406,7 +355,8 @@ def _adapter_key_factored(aset: AdapterSet, key, unfolding, center, ks, threshol
                            "recipe": None}}
     t2 = time.perf_counter()
     return {**_key_header(key, aset, (d_out, d_in), (d_out, d_in), "as stored: B (out, r), A (r, in)"), "rank": r,
-            "spectra": spectra, "memory_bound_bytes": bound, "solver": "factored_gram",
+            "spectra": spectra, "memory_bound_bytes": bound,
+            "solver": "factored_gram" if uses_small_gram(n * r, max(d_out, d_in)) else "factor_feature_gram",
             "timing": {"load_s": t1 - t0, "compute_s": t2 - t1}}
 
 

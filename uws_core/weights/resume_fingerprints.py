@@ -20,7 +20,7 @@ import hashlib
 import struct
 from pathlib import Path
 
-from uws_core.weights.cache import file_sha256
+from uws_core.weights.file_checks import file_sha256
 
 __all__ = ["CONTENT_HASH_MAX_BYTES", "file_fingerprint", "model_files", "population_fingerprints",
            "compare_fingerprints"]

@@ -2,7 +2,7 @@
 models, their trainers, random-init populations and the build of every population and seed.
 Imports uws_core.linalg and uws_core.weights.
 
-Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``progress``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
+Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``progress``, ``task_operations``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -16,7 +16,7 @@ _API = {
     "CharTokenizer": "tasks",
     "DOMAINS": "llama_tasks",
     "Example": "tasks",
-    "INPUT_FORMATS": "tasks",
+    "INPUT_FORMATS": "task_operations",
     "KINDS": "populations",
     "LABEL_MAPS": "vit_tasks",
     "LlamaPopulation": "llama_zoo",
@@ -26,9 +26,9 @@ _API = {
     "MATRIX_TYPES": "llama_model",
     "MultiLora": "tinylm",
     "MultiLoraLinear": "tinylm",
-    "OPERATIONS": "tasks",
-    "OUTPUT_FORMATS": "tasks",
-    "Operation": "tasks",
+    "OPERATIONS": "task_operations",
+    "OUTPUT_FORMATS": "task_operations",
+    "Operation": "task_operations",
     "SEEDS": "populations",
     "TASK_GROUPS": "llama_tasks",
     "TRANSFORMS": "vit_tasks",
@@ -54,12 +54,12 @@ _API = {
     "encode_examples": "tinylm",
     "evaluate_models": "llama_model",
     "evaluate_states": "vit_model",
-    "exact_match": "tasks",
+    "exact_match": "task_operations",
     "examples_of": "llama_tasks",
     "finetune_plan": "llama_tasks",
     "fingerprint_tiny": "populations",
-    "format_input": "tasks",
-    "format_output": "tasks",
+    "format_input": "task_operations",
+    "format_output": "task_operations",
     "greedy_decode": "tinylm",
     "held_out_split": "vit_tasks",
     "init_state": "llama_model",
@@ -80,6 +80,7 @@ _API = {
     "save_llama": "llama_model",
     "save_vit": "vit_model",
     "scratch_plan": "vit_tasks",
+    "seeded_llama_model": "llama_model",
     "set_slot": "progress",
     "split_indices": "vit_tasks",
     "stacked_accuracy": "vit_model",

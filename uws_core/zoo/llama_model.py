@@ -40,7 +40,7 @@ class LlamaSettings(Protocol):
     warmup_frac: float
     weight_decay: float
 
-__all__ = ["llama_config", "init_state", "save_llama", "load_state", "llama_logits",
+__all__ = ["llama_config", "seeded_llama_model", "init_state", "save_llama", "load_state", "llama_logits",
            "train_models", "evaluate_models", "MATRIX_TYPES"]
 
 # the seven weight matrices of a layer, by short name -> key infix (``model.layers.<i>.<infix>.weight``)
@@ -61,7 +61,7 @@ def llama_config(cfg: LlamaSettings, vocab_size: int):
                        attn_implementation="sdpa")
 
 
-def _hf_model(cfg: LlamaSettings, vocab_size: int, seed: int = 0):
+def seeded_llama_model(cfg: LlamaSettings, vocab_size: int, seed: int = 0):
     """A ``LlamaForCausalLM`` initialised under ``seed``; the global torch RNG is left as it was."""
     from transformers import LlamaForCausalLM
 
@@ -72,12 +72,12 @@ def _hf_model(cfg: LlamaSettings, vocab_size: int, seed: int = 0):
 
 def init_state(cfg: LlamaSettings, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
     """transformers' own initialisation of the base under ``seed``, keyed as in ``model.safetensors``."""
-    return {k: v.detach().clone() for k, v in _hf_model(cfg, vocab_size, seed).state_dict().items()}
+    return {k: v.detach().clone() for k, v in seeded_llama_model(cfg, vocab_size, seed).state_dict().items()}
 
 
 def save_llama(state: dict[str, torch.Tensor], directory: Path | str, cfg: LlamaSettings) -> Path:
     """Write one model with ``LlamaForCausalLM.save_pretrained`` (config.json + model.safetensors)."""
-    model = _hf_model(cfg, int(state["model.embed_tokens.weight"].shape[0]))
+    model = seeded_llama_model(cfg, int(state["model.embed_tokens.weight"].shape[0]))
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
     return save_checkpoint(model, directory)
 

@@ -23,12 +23,13 @@ import string
 
 import numpy as np
 
-from uws_core.zoo.tasks import OUTPUT_FORMATS, Example, Task, format_output, stable_seed
+from uws_core.zoo.task_operations import OUTPUT_FORMATS, format_output
+from uws_core.zoo.tasks import Example, Task, stable_seed
 
 __all__ = ["DOMAINS", "TASK_GROUPS", "language_map", "translate", "translate_examples", "verify_examples",
            "examples_of", "finetune_plan"]
 
-# operation -> domain; every operation of uws_core.zoo.tasks.OPERATIONS belongs to exactly one domain
+# operation -> domain; every operation of uws_core.zoo.task_operations.OPERATIONS belongs to exactly one domain
 DOMAINS: dict[str, tuple[str, ...]] = {
     "arith": ("add", "subtract", "sum_mod10", "max_digit", "min_digit", "is_even", "greater"),
     "strings": ("reverse", "rotate", "every_second", "dedupe", "caesar", "interleave", "sort_asc", "sort_desc"),

@@ -41,7 +41,7 @@ from uws_core.zoo import llama_tasks, tinylm
 from uws_core.zoo import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.linalg.numerics import compute_settings
-from uws_core.zoo.llama_model import (MATRIX_TYPES, _hf_model, evaluate_models, init_state,
+from uws_core.zoo.llama_model import (MATRIX_TYPES, evaluate_models, init_state, seeded_llama_model,
                                   llama_config, llama_logits, load_state, save_llama, train_models)
 from uws_core.zoo.tasks import BaseMixture, CharTokenizer, make_tasks
 
@@ -195,7 +195,7 @@ def _build(cfg: LlamaZooConfig, out: Path) -> dict:
     tasks = _make_tasks(cfg)
     by_name = {t.name: t for t in tasks}
     # --- base: instruction tuning on the canonical formats and part of the other combinations (English)
-    model = _hf_model(cfg, tok.vocab_size, cfg.base_seed)
+    model = seeded_llama_model(cfg, tok.vocab_size, cfg.base_seed)
     mixture = BaseMixture(tasks, seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
     with progress_bars.bar(cfg.base_steps, "base steps", level=1) as bar:
         base_losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,

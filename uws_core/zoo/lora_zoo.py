@@ -222,9 +222,11 @@ def _make_tasks(cfg: LoraPopulationConfig):
 
 
 def code_digest() -> str:
-    """sha256 of the source of tasks.py, tinylm.py and lora_zoo.py (recorded, checked with a warning)."""
+    """sha256 of the source of task_operations.py, tasks.py, tinylm.py and lora_zoo.py (recorded, checked with a
+    warning)."""
     here = Path(__file__).resolve().parent
-    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tasks.py", "tinylm.py", "lora_zoo.py"))
+    return hashlib.sha256(b"".join((here / f).read_bytes()
+                                   for f in ("task_operations.py", "tasks.py", "tinylm.py", "lora_zoo.py"))
                           ).hexdigest()[:16]
 
 
