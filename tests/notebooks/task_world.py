@@ -91,3 +91,40 @@ def train_tiny_adapter(base_dir: Path, directory: Path, task: str, n_test: int =
         _fit(model, [p for n, p in model.named_parameters() if "lora_" in n], enc, labels, steps, lr, seed)
         model.save_pretrained(str(directory))
     return directory
+
+
+def publish_and_download(w: dict, hub, setup) -> dict:
+    """Publish the world on the hub emulator (the base under Mistral-7B-Instruct-v0.2's id, the adapters and task
+    datasets under the manifests' ids), pin them with ``uws manifest lock`` (copies of the real manifests, the real
+    adapters' expected shapes cleared) and fetch them with ``uws download``. Returns the notebooks' environment:
+    adapter and data roots as downloaded, the base as a hub id at its pinned commit, the emulator's endpoint."""
+    import re
+
+    import pandas as pd
+
+    ids = {"mistral7b_loras": [], "lots_of_loras_tasks": []}
+    for d in sorted(p for p in w["loras"].glob("*/*") if p.is_dir()):
+        rid = f"{d.parent.name}/{d.name}"
+        hub.commit(rid, {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()})
+        ids["mistral7b_loras"].append(rid)
+    for d in sorted(p for p in w["data"].glob("*/*") if p.is_dir()):
+        rid = f"{d.parent.name}/{d.name}"
+        hub.commit(rid, {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()},
+                   repo_type="dataset")
+        ids["lots_of_loras_tasks"].append(rid)
+    sha = hub.commit("mistralai/Mistral-7B-Instruct-v0.2", {p.name: p.read_bytes() for p in w["base"].iterdir()})
+    hub.commit("mistralai/Mistral-7B-Instruct-v0.2", {"config.json": b"{}"})   # main moves on: the pin matters
+    roots = {"mistral7b_loras": setup.dest / "loras", "lots_of_loras_tasks": setup.dest / "data"}
+    for family, chosen in ids.items():
+        csv = setup.mdir / f"{family}.csv"
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        df.loc[df["repo_id"].isin(chosen), "expected_shapes"] = ""                  # tiny, not Mistral-7B's
+        df.to_csv(csv, index=False, lineterminator="\n")
+        only = "^(" + "|".join(re.escape(i) for i in chosen) + ")$"
+        assert f"{len(chosen)} entries locked" in setup.uws("manifest", "lock", csv, "--only", only)
+        setup.uws("download", csv, "--only", only, "--dest", roots[family])
+    return {"UWS_MISTRAL_LORA_DIR": roots["mistral7b_loras"], "UWS_TASK_DATA_DIR": roots["lots_of_loras_tasks"],
+            "UWS_MISTRAL_BASE": "mistralai/Mistral-7B-Instruct-v0.2", "UWS_MISTRAL_BASE_REVISION": sha,
+            **{k: setup.env[k] for k in ("HF_ENDPOINT", "HF_HOME", "NO_PROXY", "no_proxy", "HF_HUB_ETAG_TIMEOUT",
+                                         "HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_DISABLE_TELEMETRY")},
+            "HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None}

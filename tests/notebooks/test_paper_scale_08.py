@@ -3,23 +3,32 @@
 Nothing here can download Mistral-7B or the Lots-of-LoRAs adapters and task datasets, so the test writes a tiny
 Mistral-architecture base with a real tokenizer file, PEFT adapters of it (real peft) under the manifest's hub ids of
 a few training tasks and of two IID and two OOD test tasks, and tiny task datasets in the Lots-of-LoRAs schema and
-file format under the task manifest's dataset ids, then executes the notebook with UWS_SCALE=paper: the code path a
-reviewer with the downloads and a GPU runs (``docs/paper_scale.md``).
+file format under the task manifest's dataset ids, publishes them on the local hub emulator, locks and downloads
+them with ``uws``, then executes the notebook with UWS_SCALE=paper: the code path a reviewer with the downloads
+and a GPU runs (``docs/paper_scale.md``).
 """
 
-from conftest import run_notebook
-from task_world import write_task_world
+from conftest import run_notebook, sibling_test_module
+from task_world import publish_and_download, write_task_world
 from uws_core.report import claims
+
+hub_client = sibling_test_module("weights", "test_hub_client")
+HubEmulator = sibling_test_module("weights", "hub_emulator").HubEmulator
 
 
 def test_notebook_08_at_paper_scale_gives_rouge_tables_with_cis(tmp_path):
-    w = write_task_world(tmp_path, n_train=4, n_iid=2, n_ood=2)
-    res = run_notebook("08_lora_functional_loo", tmp_path, {"UWS_MISTRAL_LORA_DIR": w["loras"],
-                                                            "UWS_MISTRAL_BASE": w["base"], "UWS_TASK_DATA_DIR": w["data"]},
-                       {"N_BOOT_ROUGE": 200, "K_PAPER": [2], "K_ERR": [0, 2]})
+    """Through the emulated hub: adapters and datasets locked and downloaded by `uws`, the base loaded by its hub id
+    at the pinned commit (main has moved on to a broken config)."""
+    w = write_task_world(tmp_path / "world", n_train=4, n_iid=2, n_ood=2)
+    with HubEmulator() as hub:
+        env = publish_and_download(w, hub, hub_client.Setup(tmp_path, hub))
+        res = run_notebook("08_lora_functional_loo", tmp_path, env, {"N_BOOT_ROUGE": 200, "K_PAPER": [2], "K_ERR": [0, 2]})
+        assert any(f"/resolve/{env['UWS_MISTRAL_BASE_REVISION']}/model.safetensors" in p for _, p, _ in hub.requests)
     assert res["n_adapters"] == 6 and "accuracy_mean_pct" not in res     # 4 train + the 2 IID tasks (in train)
     f = res["functional_paper"]
     assert f["precision"] == "float32" and f["device"] == "cpu" and f["ks"] == [2]
+    assert f["setup"]["base"] == "mistralai/Mistral-7B-Instruct-v0.2" and f["setup"]["revision"] == env[
+        "UWS_MISTRAL_BASE_REVISION"]
     for group in ("iid", "ood"):
         g = f["groups"][group]
         assert g["tasks"] == w[group] and len(g["missing"]) == 8            # the other 8 of the authors' 10

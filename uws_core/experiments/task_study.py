@@ -14,7 +14,12 @@ Lots-of-LoRAs tasks by :mod:`uws_core.experiments.task_eval`, summarised as ROUG
 * :func:`evaluate_runs`: each run (a variant: task -> adapter directory, ``None`` = the base alone) on its tasks,
   resumable (``task_eval.evaluate_tasks``); :func:`rouge_table` (mean over tasks with its two-stage bootstrap CI,
   per run) and :func:`paired_table` (run a minus run b on the same examples, ``task_scores.paired_difference_ci``);
-  :func:`gain_kept`: ``(run - base) / (own - base)`` of the mean ROUGE-L; :func:`format_table` prints them.
+  :func:`gain_kept`: ``(run - base) / (own - base)`` of the mean ROUGE-L; :func:`format_table` prints them;
+* the notebooks' studies, each returning a JSON-able dict for ``results["functional_paper"]``: :func:`loo_study`
+  (08: IID and OOD groups, :func:`loo_pairs`), :func:`merge_study` (04: every merge, the individual adapters, the
+  base) and :func:`compression_study` (06: ROUGE-L kept at each k / EV setting).
+
+Memory and disk at Mistral-7B's shapes, time per task, and the commands: ``docs/paper_scale.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import pandas as pd
 import torch
 
 __all__ = ["FunctionalSetup", "functional_setup", "available_tasks", "write_loo_variants",
-           "write_in_sample_variants", "evaluate_runs", "rouge_table", "paired_table", "gain_kept", "format_table"]
+           "write_in_sample_variants", "evaluate_runs", "rouge_table", "paired_table", "gain_kept", "format_table",
+           "loo_pairs", "loo_study", "run_name", "MERGE_RIVALS", "merge_study", "compression_study"]
 
 
 @dataclass(frozen=True)

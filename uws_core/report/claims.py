@@ -1,9 +1,9 @@
 """The claims ledger: each claim of the paper, its published numbers, ours, a criterion and a verdict.
 
-Every row is computed from the result files the notebooks write (``results/<notebook>.json``, see
-:mod:`uws_core.report.results`); nothing here is typed in except the paper's and the replication's numbers, which
-come from :mod:`uws_core.report.published`. A claim whose notebook has not run is "not run"; a claim the run could
-not test at its scale (e.g. task accuracy of Mistral-7B without its data) is "not tested at this scale".
+Every row is computed from the result files the notebooks write (``results/<notebook>.json``); nothing here is
+typed in except the paper's and the replication's numbers (:mod:`uws_core.report.published`). A claim whose
+notebook has not run is "not run"; one the run could not test at its scale is "not tested at this scale" (at
+paper scale the functional rows read ROUGE-L results: :mod:`uws_core.report.claims_paper`).
 ``python -m uws_core.report.claims`` writes ``results/CLAIMS.md``; ``make reproduce`` ends with it.
 
 Verdicts are "holds" or "fails" against the criterion written in the row, on every seed the notebook
@@ -179,18 +179,14 @@ def _compression(R: dict, population: str) -> Claim:
     ours = (f"{ev90['ratio']:.2f}x at 90% EV ({_pct(ev90['savings'])} saved); paper shapes, k=16: "
             f"{shapes[16]:.1f}x")
     paper = R[base["source"]].get("scale") == "paper"
-    rouge = claims_paper.compression_quality_paper(r) if paper and population == "lora" else None
-    for setting, kept_share in (rouge or {}).items():  # paper scale: ROUGE-L kept on the IID tasks
-        table[setting]["acc/own"] = kept_share
+    rouge = paper and population == "lora" and claims_paper.add_rouge_quality(table, r)  # ROUGE-L kept, IID tasks
     if "acc/own" not in ev90:
-        why = f"{claims_paper.NOT_MEASURED}" if paper else "quality not measured"
-        return Claim(ours=ours + "; " + why, verdict=NOT_TESTED, **base)
+        return Claim(ours=ours + "; " + (claims_paper.NOT_MEASURED if paper else "quality not measured"),
+                     verdict=NOT_TESTED, **base)
     kept = [row for row in table.values() if row.get("acc/own") is not None and row["acc/own"] >= 0.95]
     best = max(kept, key=lambda row: row["ratio"]) if kept else None
     if best is not None:
         ours = f"{best['ratio']:.2f}x keeping 95% {'ROUGE-L' if rouge else 'accuracy'} ({best['setting']}); " + ours
-    elif rouge:
-        ours = f"no setting keeps 95% of the own ROUGE-L (best {max(rouge.values()):.2f}); " + ours
     ok = best is not None and best["ratio"] >= claimed
     return Claim(ours=ours, verdict=HOLDS if ok else FAILS, **base)
 
@@ -238,8 +234,7 @@ def lora_loo(R: dict) -> Claim:
     if r is None:
         return Claim(ours="-", verdict=NOT_RUN, **base)
     if R[base["source"]].get("scale") == "paper":  # ROUGE-L on the IID and OOD tasks, when measured
-        ours, ok = claims_paper.loo_paper(r)
-        return Claim(ours=ours, verdict=NOT_TESTED if ok is None else HOLDS if ok else FAILS, **base)
+        return Claim(**claims_paper.loo_paper(r), **base)
     if not r.get("accuracy_mean_pct"):
         return Claim(ours="weight-space errors only", verdict=NOT_TESTED, **base)
     b, acc, v = r["baselines_pct"], r["accuracy_mean_pct"], r["verdict"]
@@ -266,8 +261,7 @@ def merging(R: dict) -> Claim:
     if r is None:
         return Claim(ours="-", verdict=NOT_RUN, **base)
     if R[base["source"]].get("scale") == "paper":  # ROUGE-L of the merges on the merged tasks, when measured
-        ours, ok = claims_paper.merging_paper(r)
-        return Claim(ours=ours, verdict=NOT_TESTED if ok is None else HOLDS if ok else FAILS, **base)
+        return Claim(**claims_paper.merging_paper(r), **base)
     if not r.get("summary_n8"):
         return Claim(ours="weight-space merges only", verdict=NOT_TESTED, **base)
     parts, ok = [], True
@@ -294,9 +288,8 @@ def adaptation(R: dict) -> Claim:
     if r is None:
         return Claim(ours="-", verdict=NOT_RUN, **base)
     if not r.get("vit_summary"):
-        paper = R[base["source"]].get("scale") == "paper"
-        return Claim(ours=f"{claims_paper.NOT_MEASURED} (bases and trainable counts only)" if paper
-                     else "bases and trainable counts only", verdict=NOT_TESTED, **base)
+        ours = claims_paper.scale_note(R[base["source"]], "bases and trainable counts only")
+        return Claim(ours=ours, verdict=NOT_TESTED, **base)
     acc = {(x["label"], int(x["k"])): 100 * x["test"] for x in r["vit_summary"]}
     top = max(acc[("top-k basis", 16)], acc[("top-k basis + mean", 16)])
     rnd, lora = acc[("random k-dim basis", 16)], acc[("LoRA rank k", 16)]

@@ -3,16 +3,18 @@
 Notebooks 04, 06 and 08 run at ``UWS_SCALE=paper`` write ``results["functional_paper"]`` when they were given the
 base model and the task data (:mod:`uws_core.experiments.task_study`): ROUGE-L (first reference, the authors'
 score) per run with two-stage bootstrap CIs over tasks and examples, and paired differences. The functions here
-read those numbers for :mod:`uws_core.report.claims`; each returns ``(ours, ok)`` where ``ok`` is True / False
-against the row's criterion, or None when the paper-scale run measured nothing functional (``ours`` then says
-"not measured at paper scale" and why). The criteria are the laptop rows', with ROUGE-L in place of accuracy.
+read those numbers for :mod:`uws_core.report.claims`; :func:`loo_paper` and :func:`merging_paper` return the row's
+``ours`` and ``verdict``: "holds" / "fails" against the row's criterion, or "not tested at this scale" when the
+paper-scale run measured nothing functional (``ours`` then says "not measured at paper scale" and why). The
+criteria are the laptop rows', with ROUGE-L in place of accuracy.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["NOT_MEASURED", "loo_paper", "merging_paper", "compression_quality_paper"]
+__all__ = ["NOT_MEASURED", "loo_paper", "merging_paper", "compression_quality_paper", "add_rouge_quality",
+           "scale_note"]
 
 NOT_MEASURED = "not measured at paper scale"
 RIVALS = ("mean", "task arithmetic", "TIES", "DARE", "KnOTS-TIES")  # notebook 04's other merges
@@ -32,16 +34,20 @@ def _share(v) -> str:
     return "n/a (own <= base)" if v is None or math.isnan(v) else f"{v:.0%}"
 
 
+def _row(ours: str, ok: bool | None) -> dict[str, str]:
+    return {"ours": ours, "verdict": "not tested at this scale" if ok is None else "holds" if ok else "fails"}
+
+
 def _why_not(r: dict) -> str:
     return f"{NOT_MEASURED}: " + (r.get("functional") or "no ROUGE-L results in the paper-scale run")
 
 
-def loo_paper(r: dict, k: int = 16, share: float = 0.5) -> tuple[str, bool | None]:
+def loo_paper(r: dict, k: int = 16, share: float = 0.5) -> dict[str, str]:
     """Notebook 08: per group (IID, OOD) the baselines and both recipes at k, and the share of the own adapter's
     ROUGE-L gain over the base kept; holds when either recipe keeps >= ``share`` in every group with tasks."""
     f = r.get("functional_paper")
     if not f:
-        return _why_not(r), None
+        return _row(_why_not(r), None)
     k = k if k in f["ks"] else f["ks"][0]
     parts, oks = [], []
     for group, g in f["groups"].items():
@@ -55,16 +61,15 @@ def loo_paper(r: dict, k: int = 16, share: float = 0.5) -> tuple[str, bool | Non
                      f"factors k{k} {_ci(t[f'factors_nomean_k{k}'])}, random basis k{k} "
                      f"{_ci(t[f'factors_random_nomean_k{k}'])}; gain kept {_share(kept['B@A'])} / {_share(kept['factors'])}")
         oks.append(any(v is not None and not math.isnan(v) and v >= share for v in kept.values()))
-    ours = "paper scale, " + _how(f) + ": " + "; ".join(parts)
-    return ours, (all(oks) if oks else None)
+    return _row("paper scale, " + _how(f) + ": " + "; ".join(parts), all(oks) if oks else None)
 
 
-def merging_paper(r: dict, margin: float = 2.0, subspace: str = "subspace k=16") -> tuple[str, bool | None]:
+def merging_paper(r: dict, margin: float = 2.0, subspace: str = "subspace k=16") -> dict[str, str]:
     """Notebook 04: the subspace merge against the best other merge (ROUGE-L points, with the paired CI);
     holds when it is >= ``margin`` points above it."""
     f = r.get("functional_paper")
     if not f or not f.get("table"):
-        return _why_not(r) if not f else f"{NOT_MEASURED}: none of the merged tasks has its test data", None
+        return _row(_why_not(r) if not f else f"{NOT_MEASURED}: none of the merged tasks has its test data", None)
     t = {row["method"]: row for row in f["table"]}
     rivals = {m: t[m]["rougeL"] for m in RIVALS if m in t and m != subspace}
     best = max(rivals, key=rivals.get)
@@ -72,7 +77,7 @@ def merging_paper(r: dict, margin: float = 2.0, subspace: str = "subspace k=16")
     ours = (f"paper scale, {_how(f)}, {len(f['tasks'])} tasks, ROUGE-L: subspace {_ci(t[subspace])}, best other {best} "
             f"{_ci(t[best])}, individual {_ci(t['individual'])}, base {_ci(t['base'])}; subspace - {best} "
             f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]")
-    return ours, t[subspace]["rougeL"] >= rivals[best] + margin
+    return _row(ours, t[subspace]["rougeL"] >= rivals[best] + margin)
 
 
 def compression_quality_paper(r: dict) -> dict[str, float] | None:
@@ -82,3 +87,18 @@ def compression_quality_paper(r: dict) -> dict[str, float] | None:
         return None
     return {row["setting"]: row["rougeL/own"] for row in f["table"] if row["setting"] not in ("base", "own")
             and row["rougeL/own"] is not None}
+
+
+def add_rouge_quality(table: dict[str, dict], r: dict) -> dict[str, float] | None:
+    """Notebook 06's LoRA byte table (setting -> row) with ``acc/own`` set to the ROUGE-L kept where measured;
+    returns the ROUGE-L kept per setting, or None (the table unchanged)."""
+    rouge = compression_quality_paper(r)
+    for setting, kept in (rouge or {}).items():
+        if setting in table:
+            table[setting]["acc/own"] = kept
+    return rouge
+
+
+def scale_note(payload: dict, what: str) -> str:
+    """``what`` a run measured, prefixed "not measured at paper scale" when the payload was written at paper scale."""
+    return f"{NOT_MEASURED} ({what})" if payload.get("scale") == "paper" else what
