@@ -88,6 +88,32 @@ def test_each_layer_names_its_public_api(layer):
         assert getattr(pkg, name) is not None, f"uws_core.{layer}.{name} does not load"
 
 
+def own_public_names(path: Path) -> list[str]:
+    """The names of a module's ``__all__`` that it defines itself (not those it imports from elsewhere)."""
+    tree = ast.parse(path.read_text())
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets):
+            return [e.value for e in n.value.elts if e.value not in imported]
+    return []
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layers_api_table_is_its_modules_all(layer):
+    """The layer's table (module -> names) lists exactly the names each module's ``__all__`` defines itself
+    (a name re-exported by another module is listed once, under the module that defines it)."""
+    import importlib
+    pkg = importlib.import_module(f"uws_core.{layer}")
+    expected, seen = {}, set()
+    for p in sorted((PACKAGE / layer).glob("*.py")):
+        names = set(own_public_names(p)) - seen if p.name != "__init__.py" else set()
+        seen |= names
+        if names:
+            expected[p.stem] = names
+    assert {m: set(v) for m, v in pkg._API.items()} == expected, \
+        f"uws_core/{layer}/__init__.py is out of date with its modules' __all__"
+
+
 def test_modules_stay_small():
     big = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert big == {}, f"modules over {MAX_LINES} lines: {big}"

@@ -16,10 +16,13 @@ imports flowing one way (report -> experiments -> zoo -> weights -> linalg; ``te
 __version__ = "0.1.0"
 
 
-def lazy_exports(package: str, api: dict[str, str]):
-    """``(__getattr__, __dir__)`` for a layer's ``__init__``: each public name of ``api`` (name -> module of the
-    package) is imported from its module on first use, so ``import uws_core.<layer>`` stays cheap."""
+def lazy_exports(package: str, api: dict[str, tuple[str, ...]]):
+    """``(__getattr__, __dir__)`` for a layer's ``__init__``: ``api`` maps each module of the package to the public
+    names it defines; each name is imported from its module on first use, so ``import uws_core.<layer>`` stays
+    cheap (``tests/test_layout.py`` checks that the table equals the modules' ``__all__``)."""
     import importlib
+
+    api = {name: module for module, names in api.items() for name in names}
 
     def __getattr__(name: str):
         if name in api:

@@ -1,8 +1,6 @@
 """The SVD module: unfoldings and centring, in-memory / streaming / factored (LoRA) spectra, the eigen
 solvers (the only place that calls eigh / svd), subspaces (EVR, projection, angles, random bases),
 nulls, and the device, dtype and numerical-environment policy. Imports nothing else of uws_core.
-
-Modules: ``conventions``, ``device``, ``factored_spectra``, ``lora``, ``lora_model_basis``, ``nulls``, ``numerics``, ``partial_eigen``, ``recipes``, ``spectral``, ``subspace``, ``varying_rank``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -10,97 +8,38 @@ from __future__ import annotations
 
 from uws_core import lazy_exports
 
-#: public name -> module of this package that defines it
+#: module of this package -> the public names it defines (each module's own __all__)
 _API = {
-    "ACCUM_DTYPE": "device",
-    "CENTERS": "conventions",
-    "ChunkedGram": "subspace",
-    "DEFAULT_SCALING": "conventions",
-    "FactoredModelBasis": "lora_model_basis",
-    "FactoredProductGram": "varying_rank",
-    "KERNEL_THREADS": "numerics",
-    "LoraChunkLayout": "lora_model_basis",
-    "NonFiniteWeightError": "spectral",
-    "OPT_OUT": "numerics",
-    "PINNED_ENV": "numerics",
-    "PINNED_PROFILE": "numerics",
-    "PROGRESS_ENV": "numerics",
-    "RECIPES": "conventions",
-    "SCALINGS": "conventions",
-    "SOURCES": "recipes",
-    "ShapeMismatchError": "spectral",
-    "Spectrum": "spectral",
-    "StackedRowSpectrum": "varying_rank",
-    "StreamingLoraSpectrum": "lora",
-    "StreamingSpectrum": "spectral",
-    "TOPK_MAX_ITER": "partial_eigen",
-    "TOPK_TOL": "partial_eigen",
-    "TopEig": "partial_eigen",
-    "UNFOLDINGS": "conventions",
-    "as_tensor": "device",
-    "authors_figure_evr": "recipes",
-    "authors_pca": "recipes",
-    "authors_pca_evr": "recipes",
-    "authors_pca_lora": "recipes",
-    "authors_pca_n_components": "recipes",
-    "authors_subspace": "recipes",
-    "center_rows": "factored_spectra",
-    "center_stack": "spectral",
-    "check_lora_pairs": "lora_model_basis",
-    "compute_settings": "numerics",
-    "concat_chunks": "lora_model_basis",
-    "cpu_has_avx2": "numerics",
-    "dense_operator": "partial_eigen",
-    "eigh_descending": "subspace",
-    "explained_variance_ratio": "subspace",
-    "factored_lora_spectra": "factored_spectra",
-    "factored_product_spectrum": "factored_spectra",
-    "gaussian_like": "nulls",
-    "gaussian_lora_like": "nulls",
-    "global_std": "recipes",
-    "gram_top_evr": "subspace",
-    "is_pinned": "numerics",
-    "k_for_threshold": "subspace",
-    "kernel_report": "numerics",
-    "lora_factor_spectra": "lora",
-    "lora_gram_block": "lora_model_basis",
-    "lora_product_spectrum": "lora",
-    "lora_products": "lora",
-    "lora_scaling_vector": "lora_model_basis",
-    "lora_uncentred_norm_sq": "recipes",
-    "marchenko_pastur_pdf": "nulls",
-    "marchenko_pastur_spectrum": "nulls",
-    "marchenko_pastur_support": "nulls",
-    "model_axis_eigen": "subspace",
-    "native_requested": "numerics",
-    "orthonormalize": "subspace",
-    "pick_device": "device",
-    "pin_environment": "numerics",
-    "pinned_env": "numerics",
-    "principal_angles": "subspace",
-    "product_feature_gram": "factored_spectra",
-    "product_feature_spectrum": "factored_spectra",
-    "product_scaling": "recipes",
-    "profile": "numerics",
-    "progress_disabled": "numerics",
-    "project": "subspace",
-    "random_orthonormal_basis": "subspace",
-    "reconstruct": "subspace",
-    "replication": "recipes",
-    "replication_null": "recipes",
-    "replication_recon_errors": "recipes",
-    "single_thread_kernels": "numerics",
-    "stable_seed_32": "numerics",
-    "stable_seed_63": "numerics",
-    "stable_seed_63_masked": "numerics",
-    "stack_spectrum": "spectral",
-    "stacked_rows_spectrum": "factored_spectra",
-    "thread_settings": "numerics",
-    "top_eigvalsh": "partial_eigen",
-    "transformers_quiet": "numerics",
-    "unfold": "spectral",
-    "uses_small_gram": "factored_spectra",
+    "conventions": ("CENTERS", "DEFAULT_SCALING", "RECIPES", "SCALINGS", "UNFOLDINGS"),
+    "device": ("ACCUM_DTYPE", "as_tensor", "pick_device"),
+    "factored_spectra": (
+        "center_rows", "factored_lora_spectra", "factored_product_spectrum", "product_feature_gram",
+        "product_feature_spectrum", "stacked_rows_spectrum", "uses_small_gram"),
+    "lora": ("StreamingLoraSpectrum", "lora_factor_spectra", "lora_product_spectrum", "lora_products"),
+    "lora_model_basis": (
+        "FactoredModelBasis", "LoraChunkLayout", "check_lora_pairs", "concat_chunks", "lora_gram_block",
+        "lora_scaling_vector"),
+    "nulls": (
+        "gaussian_like", "gaussian_lora_like", "marchenko_pastur_pdf", "marchenko_pastur_spectrum",
+        "marchenko_pastur_support"),
+    "numerics": (
+        "KERNEL_THREADS", "OPT_OUT", "PINNED_ENV", "PINNED_PROFILE", "PROGRESS_ENV", "compute_settings", "cpu_has_avx2",
+        "is_pinned", "kernel_report", "native_requested", "pin_environment", "pinned_env", "profile",
+        "progress_disabled", "single_thread_kernels", "stable_seed_32", "stable_seed_63", "stable_seed_63_masked",
+        "thread_settings", "transformers_quiet"),
+    "partial_eigen": ("TOPK_MAX_ITER", "TOPK_TOL", "TopEig", "dense_operator", "top_eigvalsh"),
+    "recipes": (
+        "SOURCES", "authors_figure_evr", "authors_pca", "authors_pca_evr", "authors_pca_lora",
+        "authors_pca_n_components", "authors_subspace", "global_std", "lora_uncentred_norm_sq", "product_scaling",
+        "replication", "replication_null", "replication_recon_errors"),
+    "spectral": (
+        "NonFiniteWeightError", "ShapeMismatchError", "Spectrum", "StreamingSpectrum", "center_stack", "stack_spectrum",
+        "unfold"),
+    "subspace": (
+        "ChunkedGram", "eigh_descending", "explained_variance_ratio", "gram_top_evr", "k_for_threshold",
+        "model_axis_eigen", "orthonormalize", "principal_angles", "project", "random_orthonormal_basis", "reconstruct"),
+    "varying_rank": ("FactoredProductGram", "StackedRowSpectrum"),
 }
 
-__all__ = sorted(_API)
+__all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,8 +1,6 @@
 """Reading and fetching weights: PEFT adapters, transformers checkpoints, kohya LoRAs, PEFT state dicts,
 manifests, the verified hub download, the cache, population fingerprints, and the per-key population
 spectra driver (run directories, resume). Imports uws_core.linalg only.
-
-Modules: ``adapters``, ``cache``, ``checkpoints``, ``dtype_policy``, ``file_checks``, ``fingerprints``, ``hub``, ``hub_paths``, ``key_spectra``, ``kohya``, ``manifests``, ``memory_bounds``, ``peft_state``, ``population_spectra``, ``recipe_runs``, ``resume_fingerprints``, ``run_dirs``, ``safe_paths``, ``safetensors_header``, ``scale``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -10,103 +8,41 @@ from __future__ import annotations
 
 from uws_core import lazy_exports
 
-#: public name -> module of this package that defines it
+#: module of this package -> the public names it defines (each module's own __all__)
 _API = {
-    "COMMITTED": "fingerprints",
-    "CONTENT_HASH_MAX_BYTES": "resume_fingerprints",
-    "CacheError": "cache",
-    "CheckpointFormatError": "safetensors_header",
-    "DownloadReport": "hub_paths",
-    "EntryPaths": "hub_paths",
-    "FLOAT_CODES": "dtype_policy",
-    "FORMAT": "run_dirs",
-    "FORMAT_VERSION": "run_dirs",
-    "FileOutcome": "hub_paths",
-    "GRAM_CHUNK_BYTES": "memory_bounds",
-    "HubError": "hub",
-    "LORA_A": "peft_state",
-    "LORA_B": "peft_state",
-    "MEMORY_FRACTION": "dtype_policy",
-    "MissingCheckpointFileError": "safetensors_header",
-    "PEFT_PREFIX": "peft_state",
-    "ResumeError": "run_dirs",
-    "SCALES": "scale",
-    "STAMP_FILE": "hub_paths",
-    "STORED_BYTES": "memory_bounds",
-    "THRESHOLDS": "key_spectra",
-    "UnsafePathError": "safe_paths",
-    "WeightFormatError": "safetensors_header",
-    "adapter_spectra": "key_spectra",
-    "available_memory_bytes": "dtype_policy",
-    "build_cached": "cache",
-    "check_alpha": "dtype_policy",
-    "check_entry_file_name": "hub_paths",
-    "check_rank": "dtype_policy",
-    "check_relative_name": "safe_paths",
-    "check_repo_id": "safe_paths",
-    "check_weight": "dtype_policy",
-    "checkpoint_spectra": "key_spectra",
-    "checksum_problem": "file_checks",
-    "committed_fingerprints": "fingerprints",
-    "compact_lora_pair": "peft_state",
-    "compare_fingerprints": "resume_fingerprints",
-    "compare_with_committed": "fingerprints",
-    "config_digest": "cache",
-    "contained": "safe_paths",
-    "default_cache_dir": "cache",
-    "default_memory_limit_bytes": "dtype_policy",
-    "dense_lora_state": "peft_state",
-    "download_manifest": "hub",
-    "drive_keys": "run_dirs",
-    "entry_paths": "hub_paths",
-    "factored_memory_bound_bytes": "memory_bounds",
-    "file_fingerprint": "resume_fingerprints",
-    "file_sha256": "file_checks",
-    "format_gib": "dtype_policy",
-    "free_bytes": "hub_paths",
-    "git_blob_sha1": "file_checks",
-    "hub_offline": "hub",
-    "in_memory_key_bound_bytes": "memory_bounds",
-    "join_lora_state": "peft_state",
-    "key_filename": "run_dirs",
-    "kohya_memory_bound_bytes": "memory_bounds",
-    "lock_entry": "hub",
-    "lock_manifest": "hub",
-    "lora_delta": "peft_state",
-    "lora_pair_from_dense": "peft_state",
-    "lora_products": "peft_state",
-    "memory_bound_bytes": "memory_bounds",
-    "model_axis_chunk": "memory_bounds",
-    "model_files": "resume_fingerprints",
-    "move_file": "hub_paths",
-    "numerical_rank": "peft_state",
-    "peft_state_from_dense": "peft_state",
-    "peft_weight_key": "peft_state",
-    "population_fingerprint": "fingerprints",
-    "population_fingerprints": "resume_fingerprints",
-    "prepare_out": "run_dirs",
-    "read_info": "cache",
-    "read_key_result": "run_dirs",
-    "read_safetensors_header": "safetensors_header",
-    "read_stamp": "hub_paths",
-    "record_fingerprints": "fingerprints",
-    "save_peft_adapter": "peft_state",
-    "scale": "scale",
-    "select_keys": "run_dirs",
-    "shape_problems": "file_checks",
-    "side_dirs": "hub_paths",
-    "spectrum_summary": "key_spectra",
-    "split_lora_state": "peft_state",
-    "stamp_of": "hub_paths",
-    "summarize": "run_dirs",
-    "unpublish": "hub_paths",
-    "verify_cache_dir": "cache",
-    "write_bytes_atomic": "safe_paths",
-    "write_json_atomic": "run_dirs",
-    "write_manifest": "cache",
-    "write_stamp": "hub_paths",
-    "write_text_atomic": "safe_paths",
+    "cache": (
+        "CacheError", "build_cached", "config_digest", "default_cache_dir", "read_info", "verify_cache_dir",
+        "write_manifest"),
+    "dtype_policy": (
+        "FLOAT_CODES", "MEMORY_FRACTION", "available_memory_bytes", "check_alpha", "check_rank", "check_weight",
+        "default_memory_limit_bytes", "format_gib"),
+    "file_checks": ("checksum_problem", "file_sha256", "git_blob_sha1", "shape_problems"),
+    "fingerprints": (
+        "COMMITTED", "committed_fingerprints", "compare_with_committed", "population_fingerprint", "record_fingerprints"),
+    "hub": ("HubError", "download_manifest", "hub_offline", "lock_entry", "lock_manifest"),
+    "hub_paths": (
+        "DownloadReport", "EntryPaths", "FileOutcome", "STAMP_FILE", "check_entry_file_name", "entry_paths",
+        "free_bytes", "move_file", "read_stamp", "side_dirs", "stamp_of", "unpublish", "write_stamp"),
+    "key_spectra": ("THRESHOLDS", "adapter_spectra", "checkpoint_spectra", "spectrum_summary"),
+    "memory_bounds": (
+        "GRAM_CHUNK_BYTES", "STORED_BYTES", "factored_memory_bound_bytes", "in_memory_key_bound_bytes",
+        "kohya_memory_bound_bytes", "memory_bound_bytes", "model_axis_chunk"),
+    "peft_state": (
+        "LORA_A", "LORA_B", "PEFT_PREFIX", "compact_lora_pair", "dense_lora_state", "join_lora_state", "lora_delta",
+        "lora_pair_from_dense", "lora_products", "numerical_rank", "peft_state_from_dense", "peft_weight_key",
+        "save_peft_adapter", "split_lora_state"),
+    "resume_fingerprints": (
+        "CONTENT_HASH_MAX_BYTES", "compare_fingerprints", "file_fingerprint", "model_files", "population_fingerprints"),
+    "run_dirs": (
+        "FORMAT", "FORMAT_VERSION", "ResumeError", "drive_keys", "key_filename", "prepare_out", "read_key_result",
+        "select_keys", "summarize", "write_json_atomic"),
+    "safe_paths": (
+        "UnsafePathError", "check_relative_name", "check_repo_id", "contained", "write_bytes_atomic",
+        "write_text_atomic"),
+    "safetensors_header": (
+        "CheckpointFormatError", "MissingCheckpointFileError", "WeightFormatError", "read_safetensors_header"),
+    "scale": ("SCALES", "scale"),
 }
 
-__all__ = sorted(_API)
+__all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -1,8 +1,6 @@
 """The laptop populations our code trains on a CPU: task generators, the tiny Mistral / ViT / Llama
 models, their trainers, random-init populations and the build of every population and seed.
 Imports uws_core.linalg and uws_core.weights.
-
-Modules: ``inits``, ``llama_model``, ``llama_tasks``, ``llama_zoo``, ``lora_zoo``, ``lr_schedule``, ``populations``, ``progress``, ``task_operations``, ``tasks``, ``tinylm``, ``vit_model``, ``vit_tasks``, ``vit_zoo``.
 The names below are loaded on first use (importing the package stays cheap).
 """
 
@@ -10,98 +8,34 @@ from __future__ import annotations
 
 from uws_core import lazy_exports
 
-#: public name -> module of this package that defines it
+#: module of this package -> the public names it defines (each module's own __all__)
 _API = {
-    "BaseMixture": "tasks",
-    "CharTokenizer": "tasks",
-    "DOMAINS": "llama_tasks",
-    "Example": "tasks",
-    "INPUT_FORMATS": "task_operations",
-    "KINDS": "populations",
-    "LABEL_MAPS": "vit_tasks",
-    "LlamaPopulation": "llama_zoo",
-    "LlamaZooConfig": "llama_zoo",
-    "LoraPopulation": "lora_zoo",
-    "LoraPopulationConfig": "lora_zoo",
-    "MATRIX_TYPES": "llama_model",
-    "MultiLora": "tinylm",
-    "MultiLoraLinear": "tinylm",
-    "OPERATIONS": "task_operations",
-    "OUTPUT_FORMATS": "task_operations",
-    "Operation": "task_operations",
-    "SEEDS": "populations",
-    "TASK_GROUPS": "llama_tasks",
-    "TRANSFORMS": "vit_tasks",
-    "Task": "tasks",
-    "VitPopulations": "vit_zoo",
-    "VitTask": "vit_tasks",
-    "VitZooConfig": "vit_zoo",
-    "accuracy": "tinylm",
-    "answer_correct": "tinylm",
-    "answer_nll": "tinylm",
-    "apply_transform": "vit_tasks",
-    "architecture_class": "inits",
-    "bar": "progress",
-    "build": "populations",
-    "build_all": "populations",
-    "build_llama_population": "llama_zoo",
-    "build_lora_population": "lora_zoo",
-    "build_vit_populations": "vit_zoo",
-    "class_mask": "vit_model",
-    "code_digest": "lora_zoo",
-    "config_for": "populations",
-    "enabled": "progress",
-    "encode_examples": "tinylm",
-    "evaluate_models": "llama_model",
-    "evaluate_states": "vit_model",
-    "exact_match": "task_operations",
-    "examples_of": "llama_tasks",
-    "finetune_plan": "llama_tasks",
-    "fingerprint_tiny": "populations",
-    "format_input": "task_operations",
-    "format_output": "task_operations",
-    "greedy_decode": "tinylm",
-    "held_out_split": "vit_tasks",
-    "init_state": "llama_model",
-    "labelled": "progress",
-    "language_map": "llama_tasks",
-    "llama_config": "llama_model",
-    "llama_logits": "llama_model",
-    "load_digit_images": "vit_tasks",
-    "main": "populations",
-    "make_tasks": "tasks",
-    "merge_lora_state": "tinylm",
-    "mistral_config": "tinylm",
-    "new_base_model": "tinylm",
-    "pad_examples": "vit_model",
-    "parse_task": "vit_tasks",
-    "population_names": "populations",
-    "random_init_model": "inits",
-    "save_llama": "llama_model",
-    "save_vit": "vit_model",
-    "scratch_plan": "vit_tasks",
-    "seeded_llama_model": "llama_model",
-    "set_slot": "progress",
-    "split_indices": "vit_tasks",
-    "stacked_accuracy": "vit_model",
-    "task_combinations": "tasks",
-    "task_data": "vit_tasks",
-    "task_name": "vit_tasks",
-    "train_adapters": "tinylm",
-    "train_base": "tinylm",
-    "train_models": "llama_model",
-    "train_sample_indices": "vit_tasks",
-    "translate": "llama_tasks",
-    "translate_examples": "llama_tasks",
-    "unseen_finetune": "llama_zoo",
-    "verify_examples": "llama_tasks",
-    "vit_config": "vit_model",
-    "vit_logits": "vit_model",
-    "warmup_cosine": "lr_schedule",
-    "warmup_cosine_factor": "lr_schedule",
-    "warmup_cosine_to_tenth": "lr_schedule",
-    "write_random_inits": "inits",
+    "inits": ("architecture_class", "random_init_model", "write_random_inits"),
+    "llama_model": (
+        "MATRIX_TYPES", "evaluate_models", "init_state", "llama_config", "llama_logits", "save_llama",
+        "seeded_llama_model", "train_models"),
+    "llama_tasks": (
+        "DOMAINS", "TASK_GROUPS", "examples_of", "finetune_plan", "language_map", "translate", "translate_examples",
+        "verify_examples"),
+    "llama_zoo": ("LlamaPopulation", "LlamaZooConfig", "build_llama_population", "unseen_finetune"),
+    "lora_zoo": ("LoraPopulation", "LoraPopulationConfig", "build_lora_population", "code_digest"),
+    "lr_schedule": ("warmup_cosine", "warmup_cosine_factor", "warmup_cosine_to_tenth"),
+    "populations": (
+        "KINDS", "SEEDS", "build", "build_all", "config_for", "fingerprint_tiny", "main", "population_names"),
+    "progress": ("bar", "enabled", "labelled", "set_slot"),
+    "task_operations": (
+        "INPUT_FORMATS", "OPERATIONS", "OUTPUT_FORMATS", "Operation", "exact_match", "format_input", "format_output"),
+    "tasks": ("BaseMixture", "CharTokenizer", "Example", "Task", "make_tasks", "task_combinations"),
+    "tinylm": (
+        "MultiLora", "MultiLoraLinear", "accuracy", "answer_correct", "answer_nll", "encode_examples", "greedy_decode",
+        "merge_lora_state", "mistral_config", "new_base_model", "train_adapters", "train_base"),
+    "vit_model": (
+        "class_mask", "evaluate_states", "pad_examples", "save_vit", "stacked_accuracy", "vit_config", "vit_logits"),
+    "vit_tasks": (
+        "LABEL_MAPS", "TRANSFORMS", "VitTask", "apply_transform", "held_out_split", "load_digit_images", "parse_task",
+        "scratch_plan", "split_indices", "task_data", "task_name", "train_sample_indices"),
+    "vit_zoo": ("VitPopulations", "VitZooConfig", "build_vit_populations"),
 }
 
-__all__ = sorted(_API)
+__all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _API)
