@@ -339,11 +339,20 @@ def write_results(data: dict, out: Path) -> None:
               f"Written by `benchmarks/bench_paper_shapes.py` on {data['date']}. Machine: {m['cpu']}, {m['cores']} "
               f"cores (shared with other jobs), torch {m['torch']} ({m['torch_threads']} threads), CUDA: "
               f"{'yes' if m['cuda'] else 'no GPU in this run: the CUDA numbers are not measured'}. Load average "
-              f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", ""]
+              f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", "",
+              *data.get("notes", [])]
+    if data.get("memory"):
+        lines += ["## Peak memory of `uws spectra` on one key alone (the child's own VmHWM)", "",
+                  "| run | solver | peak RSS MiB | of which before the key (Python, CLI imports) MiB | memory bound MiB "
+                  "| compute s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['solver']} | {v['peak_rss_mib']:.0f} | {v['baseline_rss_mib']:.0f} | "
+                  f"{v['memory_bound_mib']:.0f} | {v['compute_s']:.1f} |" for k, v in data["memory"].items()]
+        lines.append("")
     for tag, run in data["runs"].items():
         lines += [f"## `uws spectra`, {tag}: N = {run['n']}, {run['layers']} layers ({len(run['keys'])} keys)", "",
-                  f"Wall {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s, peak RSS {run['peak_rss_bytes'] / 2**20:.0f} MiB "
-                  f"(whole run). Threads: {run['threads']}.", "",
+                  f"Wall {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s, peak RSS "
+                  + (f"{run['peak_rss_bytes'] / 2**20:.0f} MiB (whole run)" if run.get("peak_rss_bytes")
+                     else "not valid in this run (see the memory section)") + f". Threads: {run['threads']}.", "",
                   "| key | solver | load s | compute s | memory bound MiB | top-16 EVR A / B / product |",
                   "|---|---|---|---|---|---|"]
         for k in run["keys"]:
@@ -360,7 +369,7 @@ def write_results(data: dict, out: Path) -> None:
             lines += ["", f"**Extrapolated (not measured)** to all 96 keys at N = {run['n']}: "
                       f"{ex['extrapolated_96_keys_s'] / 60:.1f} min (mean per key: q {ex['per_key_s']['q']:.2f} s, "
                       f"k/v {ex['per_key_s']['kv']:.2f} s, plus {ex['startup_s']:.1f} s start-up)."]
-        for cls, peak in run.get("peak_per_shape_class", {}).items():
+        for cls, peak in (run.get("peak_per_shape_class") or {}).items():
             lines.append(f"Peak RSS of `uws spectra` on one {cls} key alone: {peak / 2**20:.0f} MiB.")
         lines.append("")
     p = data["peers"]
