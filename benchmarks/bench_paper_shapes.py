@@ -7,7 +7,8 @@
    shared subspace (8 directions of A and of B shared by all adapters, plus noise).
 2. Runs ``uws spectra ROOT --out DIR`` end to end in a child process (its defaults: lora_A rows, lora_B cols,
    product rows centred by the mean matrix) and reads the per-key load / compute times and the solver from
-   ``DIR/keys/*.json``; the child's peak RSS from ``wait4``. Once more on one q and one k key alone, for the
+   ``DIR/keys/*.json``; the child's own peak RSS (VmHWM, reset at its start: ``wait4`` would count the
+   parent's pages a forked child maps until exec). Once more on one q and one k key alone, for the
    peak RSS per shape class.
 3. On one k_proj-shaped module at N = ``--peer-n``, each in a fresh child process under each thread setting
    of ``--threads`` (time = best of ``--repeat``, wall and CPU; peak RSS from ``ru_maxrss``):
@@ -128,15 +129,30 @@ def run_child(cmd, env=None, timeout=None) -> dict:
     return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_bytes": ru.ru_maxrss * 1024, "output": text}
 
 
-# `uws spectra` with the (N r)^2 solver switched off: the d x d streaming path of before (the "before" numbers)
-DENSE_PATH = ("import sys; import uws_core.weights.population_spectra as ps; ps.FACTORED_ADAPTER_KEYS = False; "
-              "from uws_core.cli import main; sys.exit(main(sys.argv[1:]))")
+def spectra_child(argv) -> int:
+    """Child process: ``uws spectra`` (argv after ``--dense 0|1`` and ``--peak-out FILE``) with its own peak RSS.
+
+    The high-water mark is reset first: a forked child's RSS counts the parent's pages until ``exec``, so
+    ``wait4``'s ``ru_maxrss`` would report the parent's size (the adapters it wrote) instead. ``--dense 1``:
+    the d x d streaming route of before (``population_spectra.FACTORED_ADAPTER_KEYS = False``)."""
+    import uws_core.weights.population_spectra as ps
+    from uws_core.cli import main as cli_main
+
+    dense, peak_out, rest = argv[1] == "1", Path(argv[3]), argv[4:]
+    ps.FACTORED_ADAPTER_KEYS = not dense
+    base = _reset_peak_rss()
+    rc = cli_main(rest)
+    peak_out.write_text(json.dumps({"baseline_rss_bytes": base, "peak_rss_bytes": _peak_rss()}))
+    return rc
 
 
 def uws_spectra_run(root: Path, out: Path, env, keys: str | None = None, dense_path: bool = False) -> dict:
-    cmd = ([sys.executable, "-c", DENSE_PATH] if dense_path else [sys.executable, "-m", "uws_core.cli"]) + [
-        "spectra", str(root), "--out", str(out)]
+    peak = out.with_name(out.name + "_peak.json")
+    cmd = [sys.executable, "-c", "import sys; from benchmarks.bench_paper_shapes import spectra_child; "
+           "sys.exit(spectra_child(sys.argv[1:]))", "--dense", str(int(dense_path)), "--peak-out", str(peak),
+           "spectra", str(root), "--out", str(out)]
     res = run_child(cmd + (["--keys", keys] if keys else []), env=env)
+    res.update(json.loads(peak.read_text()))  # the child's own peak (VmHWM after a reset), not wait4's
     per_key = []
     for path in sorted((out / "keys").glob("*.json")):
         k = json.loads(path.read_text())
@@ -144,7 +160,8 @@ def uws_spectra_run(root: Path, out: Path, env, keys: str | None = None, dense_p
                         "load_s": k["timing"]["load_s"], "compute_s": k["timing"]["compute_s"],
                         "memory_bound_bytes": k["memory_bound_bytes"]["total"],
                         "top16_evr": {v: k["spectra"][v]["top_evr"]["16"] for v in k["spectra"]}})
-    return {"wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "peak_rss_bytes": res["peak_rss_bytes"], "keys": per_key}
+    return {"wall_s": res["wall_s"], "cpu_s": res["cpu_s"], "peak_rss_bytes": res["peak_rss_bytes"],
+            "baseline_rss_bytes": res["baseline_rss_bytes"], "keys": per_key}
 
 
 # --------------------------------------------------------------------------------------- peers' recipes
@@ -322,11 +339,20 @@ def write_results(data: dict, out: Path) -> None:
               f"Written by `benchmarks/bench_paper_shapes.py` on {data['date']}. Machine: {m['cpu']}, {m['cores']} "
               f"cores (shared with other jobs), torch {m['torch']} ({m['torch_threads']} threads), CUDA: "
               f"{'yes' if m['cuda'] else 'no GPU in this run: the CUDA numbers are not measured'}. Load average "
-              f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", ""]
+              f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", "",
+              *data.get("notes", [])]
+    if data.get("memory"):
+        lines += ["## Peak memory of `uws spectra` on one key alone (the child's own VmHWM)", "",
+                  "| run | solver | peak RSS MiB | of which before the key (Python, CLI imports) MiB | memory bound MiB "
+                  "| compute s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['solver']} | {v['peak_rss_mib']:.0f} | {v['baseline_rss_mib']:.0f} | "
+                  f"{v['memory_bound_mib']:.0f} | {v['compute_s']:.1f} |" for k, v in data["memory"].items()]
+        lines.append("")
     for tag, run in data["runs"].items():
         lines += [f"## `uws spectra`, {tag}: N = {run['n']}, {run['layers']} layers ({len(run['keys'])} keys)", "",
-                  f"Wall {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s, peak RSS {run['peak_rss_bytes'] / 2**20:.0f} MiB "
-                  f"(whole run). Threads: {run['threads']}.", "",
+                  f"Wall {run['wall_s']:.1f} s, CPU {run['cpu_s']:.1f} s, peak RSS "
+                  + (f"{run['peak_rss_bytes'] / 2**20:.0f} MiB (whole run)" if run.get("peak_rss_bytes")
+                     else "not valid in this run (see the memory section)") + f". Threads: {run['threads']}.", "",
                   "| key | solver | load s | compute s | memory bound MiB | top-16 EVR A / B / product |",
                   "|---|---|---|---|---|---|"]
         for k in run["keys"]:
@@ -335,11 +361,15 @@ def write_results(data: dict, out: Path) -> None:
                          f"{k['memory_bound_bytes'] / 2**20:.0f} | {t['lora_A']:.4f} / {t['lora_B']:.4f} / "
                          f"{t['product']:.4f} |")
         ex = run["extrapolation"]
-        if "extrapolated_96_keys_s" in ex:
+        if len(run["keys"]) == 3 * PAPER_LAYERS:
+            lines += ["", f"**Measured on all 96 keys** at N = {run['n']}: {run['wall_s'] / 60:.1f} min wall, "
+                      f"{run['cpu_s'] / 60:.1f} min CPU (mean per key: q {ex['per_key_s']['q']:.2f} s, "
+                      f"k/v {ex['per_key_s']['kv']:.2f} s)."]
+        elif "extrapolated_96_keys_s" in ex:
             lines += ["", f"**Extrapolated (not measured)** to all 96 keys at N = {run['n']}: "
                       f"{ex['extrapolated_96_keys_s'] / 60:.1f} min (mean per key: q {ex['per_key_s']['q']:.2f} s, "
                       f"k/v {ex['per_key_s']['kv']:.2f} s, plus {ex['startup_s']:.1f} s start-up)."]
-        for cls, peak in run.get("peak_per_shape_class", {}).items():
+        for cls, peak in (run.get("peak_per_shape_class") or {}).items():
             lines.append(f"Peak RSS of `uws spectra` on one {cls} key alone: {peak / 2**20:.0f} MiB.")
         lines.append("")
     p = data["peers"]
@@ -375,7 +405,8 @@ def write_results(data: dict, out: Path) -> None:
         ex = run["extrapolation"].get("extrapolated_96_keys_s")
         limit = 180 if run["n"] <= 100 else 900
         if ex is not None and run["n"] in (100, 500) and not tag.startswith("before"):
-            lines.append(f"- `uws spectra`, 96 keys, N = {run['n']}, threads={run['threads']}: {ex / 60:.1f} min extrapolated "
+            how = "measured" if len(run["keys"]) == 3 * PAPER_LAYERS else "extrapolated"
+            lines.append(f"- `uws spectra`, 96 keys, N = {run['n']}, threads={run['threads']}: {ex / 60:.1f} min {how} "
                          f"(target < {limit // 60} min: {'met' if ex < limit else 'not met'}).")
     lines.append("- CUDA (500 LoRAs x 96 modules in under 2 minutes): " + (
         "see the run above." if data["machine"]["cuda"] else "not measured, no GPU in this run."))

@@ -21,8 +21,15 @@ round-off (~1e-10, see tests/test_factored_spectra.py).
   the block diagonal of ``s_i^2 B_i^T B_i`` for "none", and that minus ``u u^T / (N d_out)`` with
   ``u_i = s_i B_i^T 1`` for "samples". "model" (the replication's recipe, cahlen/universal-subspace-stress-
   test) uses the N x N Gram ``K_ij = s_i s_j <B_i^T B_j, A_i A_j^T>_F`` from the same two factor Grams.
+* :func:`product_feature_spectrum` -- for ``N r >= d`` (e.g. N = 500 Mistral LoRAs, N r = 8000 > 4096): the
+  d x d Gram of the centred rows / cols unfolding built from the factors, ``W^T W - N Pbar^T Pbar`` with
+  ``W_i = s_i R_i A_i`` (``R_i^T R_i = B_i^T B_i``) and the mean ``Pbar`` from one GEMM; no d_out x d_in
+  product per adapter (solver "factor_feature_gram" in ``uws spectra``).
 * :func:`factored_lora_spectra` -- the three views ``uws spectra`` reports per key (lora_A, lora_B, product),
-  sharing the two factor Grams.
+  or any set of product views (notebook 01), sharing the two factor Grams.
+
+Only full spectra: a partial (top-k) eigensolver was measured against these (``uws_core.linalg.partial_eigen``,
+``benchmarks/bench_eigensolvers.py``) and pays only for a few components at d = 4096 on these flat-tailed spectra.
 
 Everything runs under torch on the device of :func:`uws_core.linalg.device.pick_device` (CUDA when present).
 """
