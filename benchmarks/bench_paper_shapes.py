@@ -57,7 +57,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RANK, ALPHA, SEED, N_SHARED = 16, 32, 0, 8
-SHAPES = {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096)}  # (d_out, d_in), Mistral-7B
+PAPER_HIDDEN = 4096  # Mistral-7B's hidden size
+#: UWS_BENCH_HIDDEN scales every shape down for the tests (the benchmark itself always runs the paper's 4096)
+HIDDEN = int(os.environ.get("UWS_BENCH_HIDDEN", PAPER_HIDDEN))
+SHAPES = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (HIDDEN // 4, HIDDEN), "v_proj": (HIDDEN // 4, HIDDEN)}  # (d_out, d_in)
 KEY = "base_model.model.model.layers.{layer}.self_attn.{module}.lora_{ab}.weight"
 PAPER_LAYERS, TOP, EVR_TOL = 32, 16, 1e-6
 
@@ -341,6 +344,8 @@ def write_results(data: dict, out: Path) -> None:
               f"{'yes' if m['cuda'] else 'no GPU in this run: the CUDA numbers are not measured'}. Load average "
               f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", "",
               *data.get("notes", [])]
+    if data.get("hidden", PAPER_HIDDEN) != PAPER_HIDDEN:
+        lines += [f"**Scaled-down shapes (UWS_BENCH_HIDDEN={data['hidden']}): {data['shapes']}, not Mistral-7B's.**", ""]
     if data.get("memory"):
         lines += ["## Peak memory of `uws spectra` on one key alone (the child's own VmHWM)", "",
                   "| run | solver | peak RSS MiB | of which before the key (Python, CLI imports) MiB | memory bound MiB "
@@ -479,7 +484,7 @@ def main(argv=None) -> dict:
             solvers = {"threads": tag, "cases": json.loads((work / "solvers.json").read_text())}
         data = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
                 "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr, "solvers": solvers}
+                "hidden": HIDDEN, "shapes": SHAPES, "write_adapters_s": write_s, "runs": runs, "peer_n": args.peer_n, "peers": pr, "solvers": solvers}
         write_results(data, args.out)
         return data
     finally:

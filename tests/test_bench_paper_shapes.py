@@ -1,6 +1,7 @@
 """benchmarks/bench_paper_shapes.py at a tiny size: the adapters it writes, and one end-to-end run."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,30 +30,35 @@ def test_adapters_have_mistral_shapes_key_names_and_scaling(tmp_path):
     np.testing.assert_array_equal(b.numpy(), b_ref[2])  # float32 on disk, exactly upcast
     np.testing.assert_array_equal(a.numpy(), a_ref[2])
 
-def test_uws_spectra_on_the_written_adapters_matches_a_float64_svd(tmp_path):
+def test_uws_spectra_on_the_written_adapters_matches_a_float64_svd(tmp_path, monkeypatch):
+    monkeypatch.setitem(SHAPES, "k_proj", (64, 256))  # Mistral's k_proj is (1024, 4096): same path, 256x less work
     write_adapters(tmp_path / "pop", n=3, layers=1, modules=("k_proj",))
     aset = AdapterSet.from_root(tmp_path / "pop")
     res = population_spectra(aset, tmp_path / "out", keys=r"k_proj", progress=False)
     (key, got), = res["keys"].items()
-    assert got["solver"] == "factored_gram"  # N r = 48 < 1024
+    assert got["solver"] == "factored_gram"  # N r = 48 < 256
     b = np.stack([aset.load(i, key)[0].numpy() for i in range(3)])
     a = np.stack([aset.load(i, key)[1].numpy() for i in range(3)])
     ref = stack_spectrum(a, "rows", "samples", k=0, device="cpu").evr()
     np.testing.assert_allclose(got["spectra"]["lora_A"]["evr"], ref[:len(got["spectra"]["lora_A"]["evr"])],
                                rtol=0, atol=1e-10)
     ref_p = stack_spectrum(ALPHA / RANK * b @ a, "rows", "models", k=0, device="cpu").evr()
-    np.testing.assert_allclose(got["spectra"]["product"]["evr"], ref_p[:512], rtol=0, atol=1e-10)
+    n_p = len(got["spectra"]["product"]["evr"])
+    np.testing.assert_allclose(got["spectra"]["product"]["evr"], ref_p[:n_p], rtol=0, atol=1e-10)
 
 
 def test_benchmark_end_to_end_tiny(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_paper_shapes", "--n", "3", "--layers", "1",
                            "--peer-n", "6", "--repeat", "1", "--threads", "1",
-                           "--large-n", "4", "--solvers", "0", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                           "--large-n", "20", "--solvers", "0", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "UWS_BENCH_HIDDEN": "256"})  # every shape / 16: the same code paths
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "paper_shapes_results.json").read_text())
-    assert set(data["runs"]) == {"threads=1", "before (d x d path), threads=1", "N=4, threads=1"}
-    assert len(data["runs"]["N=4, threads=1"]["keys"]) == 3
+    assert data["hidden"] == 256 and data["shapes"]["q_proj"] == [256, 256]
+    assert set(data["runs"]) == {"threads=1", "before (d x d path), threads=1", "N=20, threads=1"}
+    large = data["runs"]["N=20, threads=1"]["keys"]  # N r = 320 >= d = 256: the d x d Gram from the factors
+    assert len(large) == 3 and {k["solver"] for k in large} == {"factor_feature_gram"}
     before = data["runs"]["before (d x d path), threads=1"]["keys"]
     assert [k["module"] for k in before] == ["k_proj", "q_proj"] and {k["solver"] for k in before} == {"streaming d x d"}
     run = data["runs"]["threads=1"]
@@ -74,4 +80,5 @@ def test_benchmark_end_to_end_tiny(tmp_path):
     assert timed["speedups"]["authors_vs_sklearn"] > 0
     assert data["machine"]["cores"] >= 1 and data["load_before"] and data["load_after"]
     md = (tmp_path / "paper_shapes_results.md").read_text()
+    assert "Scaled-down shapes (UWS_BENCH_HIDDEN=256)" in md
     assert "Extrapolated (not measured)" in md and "replication" in md and "CUDA:" in md
