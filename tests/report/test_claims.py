@@ -193,3 +193,4 @@ def test_seeds_that_did_not_recompute_a_claim_are_not_judged_for_it(tmp_path):
     assert rand.verdict == "fails" and "per seed" not in rand.ours
     shared = claims.claim_over_seeds(claims.lora_shared_init, R)
     assert shared.verdict == "holds" and "per seed: 0 holds, 1 holds, 2 holds" in shared.ours
+    assert "|" not in shared.ours  # CLAIMS.md is a markdown table: no cell may hold a column separator

@@ -345,7 +345,7 @@ def claim_over_seeds(fn: Callable[[dict], Claim], R: dict) -> Claim:
     if len(per_seed) < 2:                     # one seed (or none) recomputed what this claim reads
         return claim
     claim.verdict = verdict_over_seeds(per_seed)
-    claim.ours += " | per seed: " + ", ".join(f"{s} {v}" for s, v in per_seed.items())
+    claim.ours += " / per seed: " + ", ".join(f"{s} {v}" for s, v in per_seed.items())
     return claim
 
 
