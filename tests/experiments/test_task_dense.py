@@ -99,7 +99,7 @@ def test_pair_and_dense_delta_give_the_same_predictions_and_scores(tiny, tmp_pat
     ev.use_adapter(own["dense32"])
     assert (logits(ev, text) - ref).abs().max() <= 1e-5 * ref.abs().max()   # float32 rounding only (measured 1.2e-7)
     ev.use_adapter(own["dense16"])
-    assert (logits(ev, text) - ref).abs().max() <= 2e-3 * ref.abs().max()   # the bfloat16 delta's rounding (measured 2.6e-4)
+    assert (logits(ev, text) - ref).abs().max() <= 2e-3 * ref.abs().max()   # bf16 delta rounding (measured 2.6e-4)
 
 
 def test_restore_is_bitwise_exact(tiny):
@@ -152,5 +152,11 @@ def test_refusals_name_file_and_key_and_leave_the_base_exact(tiny, tmp_path):
         assert str(d) in str(exc.value) and ev.adapter is None
         w1 = base_weights(ev)
         assert all(torch.equal(w1[k], w0[k]) for k in w0)
+    precision, ev.precision = ev.precision, "4-bit nf4 (bitsandbytes), bfloat16 compute"  # as a 4-bit base says
+    try:
+        with pytest.raises(TaskEvalError, match="cannot be added to the 4-bit weights of base model"):
+            ev.use_adapter(tiny["own"]["dense32"])
+    finally:
+        ev.precision = precision
     with pytest.raises(ValueError, match="dense must be auto, always or never"):
         write_adapter_state(tiny["stack"].state(0), tmp_path / "x", tiny["like"], 1.0, dense="yes")

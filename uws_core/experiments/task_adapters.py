@@ -57,7 +57,8 @@ def write_adapter_state(state: dict[str, torch.Tensor], directory: Path | str, l
     r = max(1, max(b.shape[1] for b, _ in pairs.values()))
     shapes = {m: (b.shape[0], a.shape[1]) for m, (b, a) in pairs.items()}
     if dense == "always" or (dense == "auto" and pair_is_larger(shapes, r)):
-        deltas = {peft_weight_key(m): scaling * b.double() @ a.double() for m, (b, a) in pairs.items()}
+        deltas = {peft_weight_key(m): (scaling * b.double() @ a.double()).to(dense_dtype)  # one rounding per key
+                  for m, (b, a) in pairs.items()}
         return write_dense_delta(deltas, directory, scaling, source or str(directory), dense_dtype, pair_rank=r)
     padded = {m: (torch.cat([b, b.new_zeros(b.shape[0], r - b.shape[1])], 1),
                   torch.cat([a, a.new_zeros(r - a.shape[0], a.shape[1])], 0)) for m, (b, a) in pairs.items()}

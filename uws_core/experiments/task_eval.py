@@ -17,6 +17,9 @@ The recipe is the authors' (toshi2k2/unisub ``NLG/mistral_eval.py``, commit 0d39
 * scores: :mod:`uws_core.experiments.task_scores` (ROUGE-L vs the first reference as the authors, vs the best
   reference, exact match), on the ``test`` split (L325).
 
+A high-rank variant written as a dense delta (:mod:`uws_core.weights.dense_delta`) is added to the base weights in
+place instead of through peft, and the exact original weights are copied back before the next variant.
+
 Results are written as they come: ``<out>/<run>/<task>.jsonl`` (one line per example: id, prediction, references,
 scores; rewritten atomically after every batch, :mod:`uws_core.weights.safe_paths`), with ``<task>.meta.json`` holding
 what the results depend on (base, adapter bytes, data, decoding, precision). A rerun skips examples already scored
