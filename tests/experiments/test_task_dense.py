@@ -79,7 +79,7 @@ def test_auto_writes_high_rank_variants_dense_and_low_rank_ones_as_pairs(tiny, t
     got = load_file(str(written["mean_of_others"] / DELTA_FILE))[Q]
     want = sum(float(stack.scalings[i]) * stack.state(i)[f"base_model.model.{Q[:-7]}.lora_B.weight"].double()
                @ stack.state(i)[f"base_model.model.{Q[:-7]}.lora_A.weight"].double() for i in range(5)) / 5
-    assert got.dtype == torch.bfloat16  # one rounding of the float64 mean: relative error <= 2^-9
+    assert got.dtype == torch.bfloat16  # one rounding of the float64 mean: relative error <= 2^-8
     torch.testing.assert_close(got.double(), want, rtol=2 ** -8, atol=1e-12)
 
 

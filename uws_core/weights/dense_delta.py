@@ -11,8 +11,8 @@ A dense-delta directory holds
 * ``dense_delta.safetensors``: ``W_delta`` (d_out, d_in) per base weight key (the base model's parameter name, e.g.
   ``model.layers.0.self_attn.q_proj.weight``), the LoRA scaling already applied, in ``dtype`` (default bfloat16:
   the dtype the evaluator's GPU base runs in, where ``W + delta`` is rounded to bfloat16 anyway; storing ``delta``
-  in bfloat16 first adds at most 2^-9 |delta| per element, less than that sum's own rounding 2^-9 |W + delta|
-  whenever |delta| <= |W|; it halves the disk against float32);
+  in bfloat16 first adds at most 2^-8 |delta| per element (bfloat16's unit roundoff), no more than that sum's own
+  rounding bound 2^-8 |W + delta| wherever |delta| <= |W + delta|; it halves the disk against float32);
 * ``dense_delta.json``: ``{"format": "uws-dense-delta", "version": 1, "weights_file", "keys", "dtype",
   "scaling_applied", "source", "pair_rank"}``.
 
