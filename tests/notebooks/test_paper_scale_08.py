@@ -49,6 +49,11 @@ def test_notebook_08_at_paper_scale_gives_rouge_tables_with_cis(tmp_path):
     # per-example results are on disk, one line per test example, resumable
     ev = tmp_path / "results" / "08_task_eval" / "eval" / "ood" / "own"
     assert len((ev / f"{w['ood'][0]}.jsonl").read_text().splitlines()) == 3 and (ev / "summary.csv").is_file()
+    adapters = tmp_path / "results" / "08_task_eval" / "adapters"      # the high-rank variants as dense deltas
+    assert sorted({p.parent.name for p in adapters.glob("*/*/*/dense_delta.json")}) == [
+        "basis_only_k2", "mean_of_others", "product_mean_k2", "product_nomean_k2"]
+    assert len(list(adapters.glob("*/*/*/dense_delta.json"))) == 16                 # 4 per task, 4 tasks
+    assert len(list(adapters.glob("*/*/own/adapter_config.json"))) == 4               # low rank: PEFT
     row = claims.lora_loo(claims.load_all(tmp_path / "results"))          # the ledger reads these numbers
     assert row.ours.startswith("paper scale, float32 on cpu, greedy decoding, full test splits: IID (2 tasks)")
     assert row.verdict in (claims.HOLDS, claims.FAILS)

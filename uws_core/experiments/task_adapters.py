@@ -19,7 +19,10 @@ updates ``s_i B_i A_i``, an exact low-rank pair), ``merge_task_arithmetic_l<lam>
 :func:`uws_core.experiments.peft_merge.peft_factor_merge`, weights 1).
 
 Every state is written by :func:`write_adapter_state`: per module the exact pair, zero-padded to one rank (one
-``adapter_config.json`` holds one r; zero rows and columns change nothing), ``lora_alpha = scaling * r``.
+``adapter_config.json`` holds one r; zero rows and columns change nothing), ``lora_alpha = scaling * r``; or, when
+those padded pairs would hold at least as many numbers as the dense updates (the mean-containing variants at
+Mistral-7B's shapes: rank 4096, 9.7 GB as pairs), as a dense delta per base weight key in bfloat16 (1.6 GB;
+:mod:`uws_core.weights.dense_delta`), which :class:`uws_core.experiments.task_eval.Evaluator` adds to the base.
 """
 
 from __future__ import annotations
@@ -35,15 +38,28 @@ from uws_core.experiments.lora_projection import LoraStack, loo_reconstructions,
 from uws_core.experiments.peft_merge import peft_factor_merge
 from uws_core.experiments.replication_loo import basis_only_reconstructions
 from uws_core.weights import safe_paths
-from uws_core.weights.peft_state import compact_lora_pair, join_lora_state, save_peft_adapter, split_lora_state
+from uws_core.weights.dense_delta import pair_is_larger, write_dense_delta
+from uws_core.weights.peft_state import (compact_lora_pair, join_lora_state, peft_weight_key, save_peft_adapter,
+                                         split_lora_state)
 
 __all__ = ["write_adapter_state", "heldout_variants", "merge_variants", "write_variants"]
 
 
-def write_adapter_state(state: dict[str, torch.Tensor], directory: Path | str, like: dict, scaling: float) -> Path:
-    """Write a PEFT-keyed state (per-module ranks may differ) as one adapter whose update is ``scaling * B @ A``."""
+def write_adapter_state(state: dict[str, torch.Tensor], directory: Path | str, like: dict, scaling: float,
+                        dense: str = "auto", dense_dtype: torch.dtype = torch.bfloat16, source: str = "") -> Path:
+    """Write a PEFT-keyed state (per-module ranks may differ) whose update is ``scaling * B @ A``: as one PEFT
+    adapter, or (``dense="auto"`` when the pairs padded to one rank hold at least as many numbers as the dense
+    updates, :func:`uws_core.weights.dense_delta.pair_is_larger`; ``"always"``; never with ``"never"``) as a
+    dense-delta directory of ``scaling * B @ A`` per base weight key, in ``dense_dtype`` (products in float64)."""
+    if dense not in ("auto", "always", "never"):
+        raise ValueError(f"dense must be auto, always or never, got {dense!r}")
     pairs = split_lora_state(state, str(directory))
     r = max(1, max(b.shape[1] for b, _ in pairs.values()))
+    shapes = {m: (b.shape[0], a.shape[1]) for m, (b, a) in pairs.items()}
+    if dense == "always" or (dense == "auto" and pair_is_larger(shapes, r)):
+        deltas = {peft_weight_key(m): (scaling * b.double() @ a.double()).to(dense_dtype)  # one rounding per key
+                  for m, (b, a) in pairs.items()}
+        return write_dense_delta(deltas, directory, scaling, source or str(directory), dense_dtype, pair_rank=r)
     padded = {m: (torch.cat([b, b.new_zeros(b.shape[0], r - b.shape[1])], 1),
                   torch.cat([a, a.new_zeros(r - a.shape[0], a.shape[1])], 0)) for m, (b, a) in pairs.items()}
     return save_peft_adapter(join_lora_state(padded, torch.float32), directory, like, scaling=scaling)
@@ -87,12 +103,14 @@ def merge_variants(stack: LoraStack, task_arithmetic_lams: Sequence[float] = (0.
     return out
 
 
-def write_variants(variants: dict[str, tuple[dict, float]], out: Path | str, task: str, like: dict) -> list[Path]:
-    """Write each variant to ``out/<task>/<variant>/`` (paths checked inside ``out``)."""
+def write_variants(variants: dict[str, tuple[dict, float]], out: Path | str, task: str, like: dict,
+                   dense: str = "auto", dense_dtype: torch.dtype = torch.bfloat16) -> list[Path]:
+    """Write each variant to ``out/<task>/<variant>/`` (paths checked inside ``out``), a PEFT adapter or a dense
+    delta (:func:`write_adapter_state`)."""
     written = []
     for name, (state, scaling) in variants.items():
         d = safe_paths.contained(out, f"{task}/{name}", f"variant {name} of {task}")
-        written.append(write_adapter_state(state, d, like, scaling))
+        written.append(write_adapter_state(state, d, like, scaling, dense, dense_dtype, f"{task}/{name}"))
     return written
 
 

@@ -17,6 +17,9 @@ The recipe is the authors' (toshi2k2/unisub ``NLG/mistral_eval.py``, commit 0d39
 * scores: :mod:`uws_core.experiments.task_scores` (ROUGE-L vs the first reference as the authors, vs the best
   reference, exact match), on the ``test`` split (L325).
 
+A high-rank variant written as a dense delta (:mod:`uws_core.weights.dense_delta`) is added to the base weights in
+place instead of through peft, and the exact original weights are copied back before the next variant.
+
 Results are written as they come: ``<out>/<run>/<task>.jsonl`` (one line per example: id, prediction, references,
 scores; rewritten atomically after every batch, :mod:`uws_core.weights.safe_paths`), with ``<task>.meta.json`` holding
 what the results depend on (base, adapter bytes, data, decoding, precision). A rerun skips examples already scored
@@ -39,6 +42,9 @@ import torch
 from uws_core.experiments.task_data import TaskExample, load_task_split
 from uws_core.experiments.task_scores import score_prediction, summarize
 from uws_core.weights import safe_paths
+from uws_core.weights.dense_delta import (DELTA_FILE, add_dense_delta, is_dense_delta, read_dense_delta,
+                                          restore_weights)
+from uws_core.weights.safetensors_header import WeightFormatError
 
 __all__ = ["PROMPT", "Decoding", "DECODINGS", "TaskEvalError", "Evaluator", "build_prompt", "evaluate_task",
            "evaluate_tasks", "read_results", "load_summaries", "MISTRAL_7B", "generation_memory_bytes"]
@@ -89,7 +95,7 @@ def generation_memory_bytes(batch: int, prompt_tokens: int, beams: int = 1, new_
 
 class Evaluator:
     """A base model and its tokenizer (a local directory, or a hub id at a pinned ``revision``), loaded once;
-    adapters are swapped in and out (``peft``).
+    adapters are swapped in and out (``peft``; a dense delta is added to the weights and taken out exactly).
 
     ``quantize``: ``"none"`` (bfloat16 on a GPU, float32 on a CPU), ``"4bit"`` (NF4 via bitsandbytes; refused
     without bitsandbytes and a GPU) or ``"auto"`` (4-bit when both exist, else ``"none"``)."""
@@ -138,6 +144,7 @@ class Evaluator:
         self.adapter: str | None = None
         self.adapter_sha256: str | None = None
         self._peft = None
+        self._originals: dict[str, torch.Tensor] = {}  # exact base weights under a dense delta
 
     # ------------------------------------------------------------------ adapters
     def check_adapter(self, adapter_dir: Path) -> None:
@@ -166,9 +173,14 @@ class Evaluator:
                                     f"but {module} of base model {self.base} is {mod.out_features}x{mod.in_features}")
 
     def use_adapter(self, adapter_dir: str | Path | None) -> None:
-        """Make ``adapter_dir`` the active adapter (None: the base alone)."""
+        """Make ``adapter_dir`` the active adapter (None: the base alone): a PEFT adapter, or a dense delta
+        (:mod:`uws_core.weights.dense_delta`) added to the base's weights, which are restored exactly (bitwise)
+        before any other variant is used."""
         from peft import PeftModel
 
+        if adapter_dir is not None and is_dense_delta(adapter_dir):
+            return self._use_dense_delta(Path(adapter_dir))
+        self._restore_base()
         if adapter_dir is None:
             self.adapter = self.adapter_sha256 = None
             return
@@ -187,6 +199,29 @@ class Evaluator:
         self._peft.eval()
         self.adapter = str(d)
 
+    def _restore_base(self) -> None:
+        restore_weights(self.model, self._originals)
+        self._originals = {}
+
+    def _use_dense_delta(self, d: Path) -> None:
+        """Add the deltas of ``d`` to the base weights in place (peft's layers removed first, none merged)."""
+        sha = _sha256(d / DELTA_FILE) if (d / DELTA_FILE).is_file() else None
+        if self._originals and self.adapter == str(d) and self.adapter_sha256 == sha:
+            return  # already applied: the same file
+        if self.precision.startswith("4-bit"):
+            raise TaskEvalError(f"dense delta {d}: cannot be added to the 4-bit weights of base model {self.base}; "
+                                "evaluate it with quantize='none'")
+        self._restore_base()
+        self.adapter = self.adapter_sha256 = None
+        if self._peft is not None:  # back to the plain base model (unload removes the LoRA layers, merges nothing)
+            self.model, self._peft = self._peft.unload(), None
+        try:
+            _, deltas = read_dense_delta(d, self.model, self.base)
+        except WeightFormatError as exc:
+            raise TaskEvalError(str(exc)) from None
+        self._originals = add_dense_delta(self.model, deltas)
+        self.adapter, self.adapter_sha256 = str(d), sha
+
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, inputs: list[str], decoding: Decoding) -> tuple[list[str], int]:
@@ -197,7 +232,7 @@ class Evaluator:
         enc = tok([build_prompt(x) for x in inputs], return_tensors="pt", padding=True).to(self.device)
         cfg = GenerationConfig(do_sample=False, num_beams=decoding.num_beams, max_new_tokens=decoding.max_new_tokens,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        model = self._peft if self.adapter is not None else self.model
+        model = self._peft if self.adapter is not None and self._peft is not None else self.model
         ctx = self._peft.disable_adapter() if (self.adapter is None and self._peft is not None) else _null()
         with ctx:
             out = model.generate(**enc, generation_config=cfg)

@@ -98,7 +98,8 @@ def write_loo_variants(train_dirs: Sequence[Path], train_ids: Sequence[str], hel
                        out: Path | str, ks: Sequence[int] = (16,), **variant_kw) -> dict[str, dict[str, Path]]:
     """``{variant: {task: adapter dir}}``: for each held-out task t (its adapter ``heldout[t]``), the variants of
     ``heldout_variants`` with every basis fitted on the training adapters other than t (an IID task is one of
-    them and is left out; an OOD task is not among them), written under ``out/<t>/<variant>/``."""
+    them and is left out; an OOD task is not among them), written under ``out/<t>/<variant>/`` (a PEFT adapter, or
+    a dense delta for the high-rank ones: ``task_adapters.write_adapter_state``)."""
     from uws_core.experiments.lora_projection import LoraStack
     from uws_core.experiments.task_adapters import heldout_variants, write_variants
     from uws_core.weights.adapters import AdapterSet, read_adapter_config

@@ -13,6 +13,9 @@ _API = {
     "cache": (
         "CacheError", "build_cached", "config_digest", "default_cache_dir", "read_info", "verify_cache_dir",
         "write_manifest"),
+    "dense_delta": (
+        "DELTA_FILE", "DELTA_META", "DenseDeltaError", "add_dense_delta", "is_dense_delta", "pair_is_larger",
+        "read_dense_delta", "restore_weights", "write_dense_delta"),
     "dtype_policy": (
         "FLOAT_CODES", "MEMORY_FRACTION", "available_memory_bytes", "check_alpha", "check_rank", "check_weight",
         "default_memory_limit_bytes", "format_gib"),
