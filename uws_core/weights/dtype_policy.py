@@ -8,7 +8,7 @@
   :func:`check_rank` and :func:`check_alpha`).
 * A memory guard: :func:`default_memory_limit_bytes` is a fraction (:data:`MEMORY_FRACTION`) of the memory
   available now (``MemAvailable`` of ``/proc/meminfo``, else ``os.sysconf``); ``uws spectrum`` and ``uws spectra``
-  compare each key's memory bound (``uws_core.weights.population_spectra.memory_bound_bytes``, from the header's
+  compare each key's memory bound (``uws_core.weights.memory_bounds.memory_bound_bytes``, from the header's
   shapes alone) against it before allocating, and the user may raise or lower it (``--max-key-gib``).
 """
 
