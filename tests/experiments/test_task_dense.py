@@ -83,6 +83,20 @@ def test_auto_writes_high_rank_variants_dense_and_low_rank_ones_as_pairs(tiny, t
     torch.testing.assert_close(got.double(), want, rtol=2 ** -8, atol=1e-12)
 
 
+def test_a_rerun_in_the_other_format_leaves_no_stale_files(tiny, tmp_path):
+    """The evaluator picks the format by which files exist: writing a pair over a dense delta (and back) removes the
+    other format's files, and no temporary file is left beside them."""
+    variants = heldout_variants(tiny["stack"], 5, ks=(2,), recipes=("product",), random_control=False)
+    state, scaling = variants["mean_of_others"]
+    d = write_adapter_state(state, tmp_path / "v", tiny["like"], scaling, dense="always")
+    assert is_dense_delta(d)
+    write_adapter_state(state, d, tiny["like"], scaling, dense="never")
+    assert not is_dense_delta(d) and not (d / DELTA_FILE).exists() and (d / "adapter_config.json").is_file()
+    write_adapter_state(state, d, tiny["like"], scaling, dense="always")
+    assert is_dense_delta(d) and not (d / "adapter_config.json").exists()
+    assert sorted(p.name for p in d.iterdir()) == sorted([DELTA_FILE, DELTA_META])
+
+
 def test_pair_and_dense_delta_give_the_same_predictions_and_scores(tiny, tmp_path):
     ev, data, own = tiny["ev"], tiny["data"], tiny["own"]
     runs = {name: evaluate_tasks(ev, data, tmp_path, name, adapter=d, batch_size=2, progress=False)["records"]

@@ -38,7 +38,7 @@ from uws_core.experiments.lora_projection import LoraStack, loo_reconstructions,
 from uws_core.experiments.peft_merge import peft_factor_merge
 from uws_core.experiments.replication_loo import basis_only_reconstructions
 from uws_core.weights import safe_paths
-from uws_core.weights.dense_delta import pair_is_larger, write_dense_delta
+from uws_core.weights.dense_delta import DELTA_FILE, DELTA_META, pair_is_larger, write_dense_delta
 from uws_core.weights.peft_state import (compact_lora_pair, join_lora_state, peft_weight_key, save_peft_adapter,
                                          split_lora_state)
 
@@ -56,7 +56,11 @@ def write_adapter_state(state: dict[str, torch.Tensor], directory: Path | str, l
     pairs = split_lora_state(state, str(directory))
     r = max(1, max(b.shape[1] for b, _ in pairs.values()))
     shapes = {m: (b.shape[0], a.shape[1]) for m, (b, a) in pairs.items()}
-    if dense == "always" or (dense == "auto" and pair_is_larger(shapes, r)):
+    as_dense = dense == "always" or (dense == "auto" and pair_is_larger(shapes, r))
+    stale = ("adapter_config.json", "adapter_model.safetensors") if as_dense else (DELTA_META, DELTA_FILE)
+    for name in stale:  # a rerun in the other format: the evaluator must not find the old one (fixed names inside)
+        (Path(directory) / name).unlink(missing_ok=True)
+    if as_dense:
         deltas = {peft_weight_key(m): (scaling * b.double() @ a.double()).to(dense_dtype)  # one rounding per key
                   for m, (b, a) in pairs.items()}
         return write_dense_delta(deltas, directory, scaling, source or str(directory), dense_dtype, pair_rank=r)

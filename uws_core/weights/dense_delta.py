@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from uws_core.weights import safe_paths
 from uws_core.weights.safetensors_header import WeightFormatError, read_safetensors_header
 
 __all__ = ["DELTA_FILE", "DELTA_META", "DenseDeltaError", "pair_is_larger", "write_dense_delta", "is_dense_delta",
@@ -52,7 +53,7 @@ def pair_is_larger(shapes: Mapping[str, tuple[int, int]], rank: int) -> bool:
 def write_dense_delta(deltas: Mapping[str, torch.Tensor], directory: Path | str, scaling: float, source: str,
                       dtype: torch.dtype = torch.bfloat16, pair_rank: int | None = None) -> Path:
     """Write ``{base weight key: delta (d_out, d_in)}`` (scaling already applied) as a dense-delta directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     name = {v: k for k, v in _DTYPES.items()}.get(dtype)
     if name is None:
@@ -63,10 +64,12 @@ def write_dense_delta(deltas: Mapping[str, torch.Tensor], directory: Path | str,
                                   f"update, got shape {tuple(t.shape)}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_file({k: t.detach().to("cpu", dtype).contiguous() for k, t in deltas.items()}, str(d / DELTA_FILE))
+    # atomic writes (safe_paths), the JSON last: a directory is a dense delta only once both files are whole
+    safe_paths.write_bytes_atomic(d / DELTA_FILE, save({k: t.detach().to("cpu", dtype).contiguous()
+                                                        for k, t in deltas.items()}))
     meta = {"format": _FORMAT, "version": _VERSION, "weights_file": DELTA_FILE, "keys": sorted(deltas), "dtype": name,
             "scaling_applied": float(scaling), "source": source, "pair_rank": pair_rank}
-    (d / DELTA_META).write_text(json.dumps(meta, indent=1))
+    safe_paths.write_text_atomic(d / DELTA_META, json.dumps(meta, indent=1))
     return d
 
 
