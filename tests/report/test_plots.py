@@ -41,7 +41,7 @@ def test_integer_log_ticks_label_only_the_given_values():
     assert ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "16", "32"]
     assert [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()] == []
-    plt.close(fig)
+    fig.clf()
 
 
 def test_annotate_points_keeps_labels_apart_and_off_the_markers():
@@ -61,4 +61,15 @@ def test_annotate_points_keeps_labels_apart_and_off_the_markers():
     boxes = [t.get_window_extent(r) for t in texts]
     overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert overlaps == 0
-    plt.close(fig)
+    fig.clf()
+
+
+def test_evr_band_stops_at_the_last_component_with_variance():
+    fig, axes = plots.grid(1, 1)
+    evrs = [np.array([0.7, 0.3, 0.0, 0.0]), np.array([0.6, 0.3, 0.1, 0.0])]    # rank 2 and 3 of 4 components
+    line = plots.evr_band(axes[0, 0], evrs, "x", n_components=4)
+    np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])                     # component 4 has no variance
+    np.testing.assert_allclose(line.get_ydata(), [0.65, 0.3, 0.05], atol=1e-12)
+    cum = plots.evr_band(axes[0, 0], evrs, "c", n_components=4, cumulative=True)
+    assert len(cum.get_xdata()) == 4                                             # cumulative curves keep every component
+    fig.clf()

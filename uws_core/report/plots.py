@@ -32,10 +32,16 @@ def stack_evr(evrs: Sequence[np.ndarray], n_components: int | None = None) -> np
 
 def evr_band(ax, evrs: Sequence[np.ndarray], label: str, color=None, n_components: int | None = None,
              cumulative: bool = False, linestyle: str = "-"):
-    """Mean +- std over layers of the (cumulative) EVR per component index (1-based x axis)."""
+    """Mean +- std over layers of the (cumulative) EVR per component index (1-based x axis).
+
+    Per-component curves stop at the last component that has variance in some layer: beyond every layer's rank
+    the EVR is exactly 0, which a log axis cannot draw (the line would drop off the panel like a cliff)."""
     m = stack_evr(evrs, n_components)
     if cumulative:
         m = np.cumsum(m, axis=1)
+    else:
+        ranked = np.flatnonzero((m > 0).any(axis=0))             # components with variance in some layer
+        m = m[:, : ranked[-1] + 1 if ranked.size else 1]
     x = np.arange(1, m.shape[1] + 1)
     mean, std = m.mean(axis=0), m.std(axis=0)
     (line,) = ax.plot(x, mean, label=label, color=color, linestyle=linestyle, lw=1.5)
