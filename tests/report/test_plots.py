@@ -66,7 +66,7 @@ def test_annotate_points_keeps_labels_apart_and_off_the_markers():
 
 def test_evr_band_stops_at_the_last_component_with_variance():
     fig, axes = plots.grid(1, 1)
-    evrs = [np.array([0.7, 0.3, 0.0, 0.0]), np.array([0.6, 0.3, 0.1, 0.0])]    # rank 2 and 3 of 4 components
+    evrs = [np.array([0.7, 0.3, 0.0, 0.0]), np.array([0.6, 0.3, 0.1, 1e-18])]  # rank 2 and 3 (+ round-off) of 4
     line = plots.evr_band(axes[0, 0], evrs, "x", n_components=4)
     np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])                     # component 4 has no variance
     np.testing.assert_allclose(line.get_ydata(), [0.65, 0.3, 0.05], atol=1e-12)

@@ -30,17 +30,23 @@ def stack_evr(evrs: Sequence[np.ndarray], n_components: int | None = None) -> np
     return out
 
 
+#: an EVR at or below this is taken as beyond the matrix's rank (float64 round-off of a zero eigenvalue is ~1e-16 of
+#: the total), for drawing only: every number computed keeps its value
+RANK_EVR_FLOOR = 1e-12
+
+
 def evr_band(ax, evrs: Sequence[np.ndarray], label: str, color=None, n_components: int | None = None,
              cumulative: bool = False, linestyle: str = "-"):
     """Mean +- std over layers of the (cumulative) EVR per component index (1-based x axis).
 
-    Per-component curves stop at the last component that has variance in some layer: beyond every layer's rank
-    the EVR is exactly 0, which a log axis cannot draw (the line would drop off the panel like a cliff)."""
+    Per-component curves stop at the last component with an EVR above :data:`RANK_EVR_FLOOR` in some layer: beyond
+    every layer's rank the EVR is 0 or round-off (about 1e-18 for the last component of a centred model axis, whose
+    rank is N - 1), which a log axis draws as a cliff off the panel."""
     m = stack_evr(evrs, n_components)
     if cumulative:
         m = np.cumsum(m, axis=1)
     else:
-        ranked = np.flatnonzero((m > 0).any(axis=0))             # components with variance in some layer
+        ranked = np.flatnonzero((m > RANK_EVR_FLOOR).any(axis=0))  # components with variance in some layer
         m = m[:, : ranked[-1] + 1 if ranked.size else 1]
     x = np.arange(1, m.shape[1] + 1)
     mean, std = m.mean(axis=0), m.std(axis=0)
