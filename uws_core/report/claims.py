@@ -221,6 +221,21 @@ def lora_shared_init(R: dict) -> Claim:
                  verdict=HOLDS if ok else FAILS, **base)
 
 
+def _laptop_result(R: dict, base: dict, needed: str, without: str, paper: Callable[[dict], dict]
+                   ) -> tuple[dict | None, Claim | None]:
+    """``(results, None)`` when the notebook ``base["source"]`` ran at laptop scale and wrote ``needed``; else
+    ``(None, claim)``: not run (no results file), the paper-scale claim ``paper(results)`` (ROUGE-L, when measured),
+    or not tested (``without`` says what the results hold instead)."""
+    r = _res(R, base["source"])
+    if r is None:
+        return None, Claim(ours="-", verdict=NOT_RUN, **base)
+    if R[base["source"]].get("scale") == "paper":
+        return None, Claim(**paper(r), **base)
+    if not r.get(needed):
+        return None, Claim(ours=without, verdict=NOT_TESTED, **base)
+    return r, None
+
+
 def lora_loo(R: dict) -> Claim:
     pub = published.LORA_LOO["replication"]
     base = dict(claim="Adapters of unseen tasks projected onto the subspace of the others keep their function",
@@ -230,13 +245,9 @@ def lora_loo(R: dict) -> Claim:
                 criterion="held-out adapters rebuilt at k = 16 keep >= 50% of the own adapter's gain over the base "
                           "(either recipe), leave-one-out over all tasks",
                 source="08_lora_functional_loo")
-    r = _res(R, base["source"])
-    if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
-    if R[base["source"]].get("scale") == "paper":  # ROUGE-L on the IID and OOD tasks, when measured
-        return Claim(**claims_paper.loo_paper(r), **base)
-    if not r.get("accuracy_mean_pct"):
-        return Claim(ours="weight-space errors only", verdict=NOT_TESTED, **base)
+    r, early = _laptop_result(R, base, "accuracy_mean_pct", "weight-space errors only", claims_paper.loo_paper)
+    if early is not None:  # not run, ROUGE-L on the IID and OOD tasks at paper scale, or weight space only
+        return early
     b, acc, v = r["baselines_pct"], r["accuracy_mean_pct"], r["verdict"]
     d16 = next(d for d in r["paired_differences_pct"] if d["comparison"].startswith("B@A: mean + proj - mean")
                and d["k"] == 16)
@@ -257,13 +268,9 @@ def merging(R: dict) -> Claim:
                 criterion="8-task subspace merge (k = 16) >= 2 points above the best of mean, task arithmetic, TIES, "
                           "DARE and KnOTS-TIES, in every population",
                 source="04_merging")
-    r = _res(R, base["source"])
-    if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
-    if R[base["source"]].get("scale") == "paper":  # ROUGE-L of the merges on the merged tasks, when measured
-        return Claim(**claims_paper.merging_paper(r), **base)
-    if not r.get("summary_n8"):
-        return Claim(ours="weight-space merges only", verdict=NOT_TESTED, **base)
+    r, early = _laptop_result(R, base, "summary_n8", "weight-space merges only", claims_paper.merging_paper)
+    if early is not None:  # not run, ROUGE-L of the merges on the merged tasks at paper scale, or weights only
+        return early
     parts, ok = [], True
     for pop, t in r["summary_n8"].items():
         rivals = {m: t[m] for m in ("mean", "task arithmetic", "TIES", "DARE", "KnOTS-TIES") if m in t}
