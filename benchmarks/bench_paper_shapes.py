@@ -340,7 +340,7 @@ def write_results(data: dict, out: Path) -> None:
     m, lines = data["machine"], []
     lines += ["# Paper-shaped Mistral-7B LoRAs: `uws spectra` and the peers' recipes (issue 15)", "",
               f"Written by `benchmarks/bench_paper_shapes.py` on {data['date']}. Machine: {m['cpu']}, {m['cores']} "
-              f"cores (shared with other jobs), torch {m['torch']} ({m['torch_threads']} threads), CUDA: "
+              f"cores (the load averages below say how busy), torch {m['torch']} ({m['torch_threads']} threads), CUDA: "
               f"{'yes' if m['cuda'] else 'no GPU in this run: the CUDA numbers are not measured'}. Load average "
               f"before {data['load_before']}, after {data['load_after']}. Environment: {m['env']}.", "",
               *data.get("notes", [])]
