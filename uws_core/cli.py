@@ -47,6 +47,7 @@ from pathlib import Path
 
 from uws_core.experiments.task_eval_cli import add_evaluate_parser, run_evaluate
 from uws_core.weights import dtype_policy, safe_paths
+from uws_core.linalg import numerics
 from uws_core.linalg.conventions import CENTERS, DEFAULT_SCALING, RECIPES, SCALINGS, UNFOLDINGS
 # weight readers and solvers (torch) are imported in the commands that use them: --help, lock, download skip torch
 
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None, api=None) -> int:
 
     ``api`` replaces ``huggingface_hub.HfApi()`` for ``download`` and ``manifest lock`` (tests pass a local fake).
     """
+    numerics.release_pin()  # every command reads or analyses checkpoints: MKL's own kernels (no-op once torch is in)
     parser = build_parser()
     args = parser.parse_args(argv)
     command = "manifest lock" if args.command == "manifest" else args.command

@@ -106,3 +106,30 @@ def test_single_thread_kernels_sets_one_thread_or_the_override():
     assert env["MKL_NUM_THREADS"] == "4"
     with pytest.raises(ValueError, match="UWS_KERNEL_THREADS"):
         single_thread_kernels({"UWS_KERNEL_THREADS": "two"})
+
+
+def test_paper_scale_runs_mkls_own_kernels_and_a_kernel_that_inherits_the_pin_keeps_it():
+    env_of = "import os, uws_core; print(os.environ.get('MKL_CBWR'), os.environ.get('ATEN_CPU_CAPABILITY'))"
+    assert _probe(env_of, {"UWS_SCALE": "paper"}) == "None None"                   # nothing pinned at paper scale
+    assert _probe(env_of, {"UWS_SCALE": "laptop"}) == "COMPATIBLE avx2"
+    assert _probe(env_of, {"UWS_SCALE": "paper", **numerics.PINNED_ENV}) == "COMPATIBLE avx2"  # inherited: kept
+
+
+def test_release_pin_restores_the_environment_before_torch_and_not_after():
+    code = ("import os, uws_core; from uws_core.linalg import numerics as n; ok = n.release_pin(); "
+            "print(ok, os.environ.get('MKL_CBWR'), os.environ.get('ATEN_CPU_CAPABILITY'), os.environ.get(n.OPT_OUT))")
+    assert _probe(code, {"ATEN_CPU_CAPABILITY": "default"}) == "True None default 1"   # the user's own value is back
+    late = ("import os, uws_core, torch; from uws_core.linalg import numerics as n; "
+            "print(n.release_pin(), os.environ.get('MKL_CBWR'))")
+    assert _probe(late, {}) == "False COMPATIBLE"                                    # torch is in: nothing changes
+    cli = ("import os, uws_core.cli as c\ntry:\n    c.main(['manifest', '--help'])\nexcept SystemExit:\n    pass\n"
+           "import sys; print('torch' in sys.modules, os.environ.get('MKL_CBWR'), file=sys.stderr)")
+    env = {k: v for k, v in os.environ.items() if k not in numerics.PINNED_ENV and k != numerics.OPT_OUT}
+    out = subprocess.run([sys.executable, "-c", cli], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stderr.strip().splitlines()[-1] == "False None"                      # the uws command runs unpinned
+
+
+def test_unpinned_env_undoes_only_what_the_pin_set(monkeypatch):
+    monkeypatch.setattr(numerics, "_BEFORE_PIN", {"MKL_CBWR": None, "ATEN_CPU_CAPABILITY": "avx512"})
+    env = numerics.unpinned_env({"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert env == {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX2", numerics.OPT_OUT: "1"}

@@ -24,9 +24,9 @@ _API = {
         "marchenko_pastur_support"),
     "numerics": (
         "KERNEL_THREADS", "OPT_OUT", "PINNED_ENV", "PINNED_PROFILE", "PROGRESS_ENV", "compute_settings", "cpu_has_avx2",
-        "is_pinned", "kernel_report", "native_requested", "pin_environment", "pinned_env", "profile",
-        "progress_disabled", "single_thread_kernels", "stable_seed_32", "stable_seed_63", "stable_seed_63_masked",
-        "thread_settings", "transformers_quiet"),
+        "is_pinned", "kernel_report", "native_requested", "paper_scale_requested", "pin_environment", "pinned_env",
+        "profile", "progress_disabled", "release_pin", "single_thread_kernels", "stable_seed_32", "stable_seed_63",
+        "stable_seed_63_masked", "thread_settings", "transformers_quiet", "unpinned_env"),
     "partial_eigen": ("TOPK_MAX_ITER", "TOPK_TOL", "TopEig", "dense_operator", "top_eigvalsh"),
     "recipes": (
         "SOURCES", "authors_figure_evr", "authors_pca", "authors_pca_evr", "authors_pca_lora",

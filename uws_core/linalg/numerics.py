@@ -28,6 +28,11 @@ number of threads) and torch's deterministic algorithms are on. The populations 
 notebooks compute under these settings; ``UWS_NATIVE_KERNELS=1`` opts out (faster on AVX-512, other
 bits: the population caches are then keyed apart, see :func:`profile`).
 
+Where the pin does not apply: at paper scale (``UWS_SCALE=paper``: the real checkpoints are read, nothing is
+trained, and MKL's vendor-neutral branch made float64 Grams 4.7x and ``eigvalsh`` 2.9x slower) and in the ``uws``
+command (:func:`release_pin`: it reads, analyses and evaluates checkpoints). Their numbers agree across machines to
+round-off, not bit for bit; every checked output is rounded far above that.
+
 Not covered: CPUs without AVX2 and non-x86 machines (Apple silicon, Graviton) run other kernels and get
 other bits; the notebooks' checked outputs are written to hold there too (counts, shapes, verdicts;
 numbers as asserts with tolerances).
@@ -42,6 +47,7 @@ import platform
 import sys
 
 __all__ = ["PINNED_ENV", "PINNED_PROFILE", "OPT_OUT", "pin_environment", "pinned_env", "native_requested",
+           "paper_scale_requested", "unpinned_env", "release_pin",
            "cpu_has_avx2", "is_pinned", "profile", "kernel_report", "compute_settings", "transformers_quiet",
            "thread_settings",
            "progress_disabled", "PROGRESS_ENV", "KERNEL_THREADS", "single_thread_kernels",
@@ -75,17 +81,66 @@ def pinned_env(environ=None) -> dict:
     return env
 
 
+#: each pinned variable's value before :func:`pin_environment` set it (None: unset), to undo the pin
+_BEFORE_PIN: dict[str, str | None] = {}
+
+
+def paper_scale_requested(environ=None) -> bool:
+    """``UWS_SCALE=paper`` (read here, not from :mod:`uws_core.weights.scale`, which sits above this layer)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("UWS_SCALE", "").strip().lower() == "paper"
+
+
 def pin_environment() -> bool:
-    """Set :data:`PINNED_ENV` in ``os.environ`` (overriding what is there) unless opted out.
+    """Set :data:`PINNED_ENV` in ``os.environ`` (overriding what is there) unless opted out or at paper scale.
 
     Returns whether the pin can still take effect in this process: torch reads the CPU capability at its
     first vectorised operation and MKL its branch at its first call, so the pin must come before torch is
     imported (``import uws_core`` first; subprocesses and notebook kernels inherit ``os.environ``).
+
+    Paper scale (``UWS_SCALE=paper``) trains nothing: it reads the real checkpoints, and MKL's vendor-neutral
+    branch would only slow its Grams and eigensolvers (float64 Gram updates 4.7x, ``eigvalsh`` at d = 4096 2.9x
+    on the 2-core AMD EPYC, 2026-12-07), so it runs MKL's own kernels. What the pin is for, bitwise-equal
+    laptop populations and notebooks, is untouched (a kernel that inherits the pin from its parent keeps it).
     """
-    if native_requested():
+    if native_requested() or paper_scale_requested():
         return False
+    for k in PINNED_ENV:
+        _BEFORE_PIN.setdefault(k, os.environ.get(k))
     os.environ.update(PINNED_ENV)
     return "torch" not in sys.modules
+
+
+def unpinned_env(environ=None) -> dict:
+    """A copy of ``environ`` (default ``os.environ``) with this process's pin undone: each variable
+    :func:`pin_environment` set back to its value before (removed if it was unset; a variable the pin did not
+    set is left as it is) and ``UWS_NATIVE_KERNELS=1``, so that a ``uws_core`` child does not pin again. For
+    processes that analyse real checkpoints or run a peer's code (``benchmarks/``): MKL at its own speed."""
+    env = dict(os.environ if environ is None else environ)
+    for k, before in _BEFORE_PIN.items():
+        if before is None:
+            env.pop(k, None)
+        else:
+            env[k] = before
+    env[OPT_OUT] = "1"
+    return env
+
+
+def release_pin() -> bool:
+    """Undo :func:`pin_environment` in this process while torch is not imported yet (then MKL, at its first call,
+    and torch read the environment as it was); returns whether it did. Called by the ``uws`` command, whose
+    commands read, analyse and evaluate checkpoints and train nothing. Once torch is imported (a test calling
+    :func:`uws_core.cli.main` in-process) it changes nothing: kernels already chosen cannot change."""
+    if "torch" in sys.modules or not _BEFORE_PIN:
+        return False
+    env = unpinned_env()
+    for k in (*_BEFORE_PIN, OPT_OUT):
+        if k in env:
+            os.environ[k] = env[k]
+        else:
+            os.environ.pop(k, None)
+    _BEFORE_PIN.clear()
+    return True
 
 
 def single_thread_kernels(environ=None) -> dict:
