@@ -78,8 +78,10 @@ def test_notebook_05_at_paper_scale_builds_the_bases_and_counts_only(tmp_path):
     the notebook reports the trainable counts and trains nothing (no task data at paper scale)."""
     ids = list(load_manifest("vit")["repo_id"][:6])
     _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
-    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub"}, {"MAX_MODELS": 6})
+    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub", "UWS_MISTRAL_BASE": None,
+                                                            "UWS_TASK_DATA_DIR": None}, {"MAX_MODELS": 6})
     assert "vit_summary" not in res and "lm_tasks" not in res    # no run at paper scale
+    assert "UWS_MISTRAL_BASE and UWS_TASK_DATA_DIR not set" in res["functional"]   # the Mistral-7B part says why not
     counts = {(r["method"], r["k"]): r for r in res["trainable_counts"]}
     # one block: q, k, v, attention out (32 x 32), fc1 (64 x 32), fc2 (32 x 64)
     assert counts["full", 0]["ours"] == 4 * 32 * 32 + 2 * 64 * 32
