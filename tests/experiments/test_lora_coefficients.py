@@ -157,3 +157,15 @@ def test_training_changes_alpha_only_and_checkpointing_gives_the_same_run(tiny, 
                              {"settings": {"run": "x"}, "losses": runs[False][0].tolist()})
     assert json.loads((d / lc.META).read_text())["settings"] == {"run": "x"}
     assert lc._done(d, {"settings": {"run": "x"}}) is not None and lc._done(d, {"settings": {"run": "y"}}) is None
+
+
+def test_study_refuses_unknown_variants_a_used_evaluator_and_4_bit_weights(tmp_path):
+    from types import SimpleNamespace
+
+    ev = SimpleNamespace(adapter=None, _peft=None, precision="float32", base="tiny")
+    with pytest.raises(ValueError, match=r"variants must be among .*'subspace_mean'.*got \['subspace'\]"):
+        lc.coefficient_study(ev, None, [], [], {}, tmp_path, variants=("subspace",))
+    with pytest.raises(ValueError, match="evaluator of tiny: coefficients are trained on the plain base"):
+        lc.coefficient_study(SimpleNamespace(**(ev.__dict__ | {"adapter": "a"})), None, [], [], {}, tmp_path)
+    with pytest.raises(ValueError, match="cannot be added to 4-bit weights: use quantize='none'"):
+        lc.coefficient_study(SimpleNamespace(**(ev.__dict__ | {"precision": "4-bit nf4"})), None, [], [], {}, tmp_path)

@@ -323,6 +323,9 @@ def coefficient_study(ev, setup, train_dirs, train_ids, heldout: dict, out: Path
         raise ValueError(f"variants must be among {VARIANTS}, got {bad}")
     if ev.adapter is not None or getattr(ev, "_peft", None) is not None:
         raise ValueError(f"evaluator of {ev.base}: coefficients are trained on the plain base; pass a fresh Evaluator")
+    if ev.precision.startswith("4-bit"):
+        raise ValueError(f"evaluator of {ev.base}: {ev.precision}; the trained updates are dense deltas, which cannot be "
+                         "added to 4-bit weights: use quantize='none' (UWS_EVAL_QUANTIZE unset)")
     out, k = Path(out), settings.k
     task_dirs, missing = available_tasks(setup, list(heldout), dict.fromkeys(heldout, out))
     result = {"tasks": list(task_dirs), "missing": missing, "precision": ev.precision, "device": ev.device,
@@ -356,7 +359,7 @@ def coefficient_study(ev, setup, train_dirs, train_ids, heldout: dict, out: Path
             meta = {"settings": {**common, "run": run, **asdict(settings)}}
             rec = _done(d, meta)
             if rec is None:
-                layers = CoefficientLayers(basis, which, mean == "mean", ev.device, next(ev.model.parameters()).dtype)
+                layers = CoefficientLayers(basis, which, mean == "mean", ev.device, ev.model.dtype)
                 t0 = time.perf_counter()
                 seed = settings.seed + zlib.crc32(f"{t}|{run}".encode())
                 losses = train_coefficients(ev.model, ev.tokenizer, layers, examples, settings, seed)
