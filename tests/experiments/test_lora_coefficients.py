@@ -75,7 +75,8 @@ class _Tiny(torch.nn.Module):
         torch.manual_seed(0)
         self.model = torch.nn.Module()
         attn = torch.nn.Module()
-        attn.q_proj, attn.v_proj = torch.nn.Linear(5, 6, dtype=torch.float64), torch.nn.Linear(5, 4, dtype=torch.float64)
+        attn.q_proj = torch.nn.Linear(5, 6, dtype=torch.float64)
+        attn.v_proj = torch.nn.Linear(5, 4, dtype=torch.float64)
         layer = torch.nn.Module()
         layer.self_attn = attn
         self.model.layers = torch.nn.ModuleList([layer])

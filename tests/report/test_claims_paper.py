@@ -122,8 +122,8 @@ def test_adaptation_row_reads_the_coefficients_trained_on_mistral(tmp_path, sub_
     _write(tmp_path, "05_subspace_adaptation", _adaptation(sub_mean, sub_nomean, rnd, own))
     c = claims.adaptation(claims.load_all(tmp_path))
     assert c.verdict == expected
-    assert c.ours.startswith("paper scale, bfloat16 on cuda, greedy decoding, full test splits, Mistral-7B, 2 OOD tasks, "
-                             "1536 coefficients trained (50 steps of 8), ROUGE-L: subspace")
+    assert c.ours.startswith("paper scale, bfloat16 on cuda, greedy decoding, full test splits, Mistral-7B, 2 OOD "
+                             "tasks, 1536 coefficients trained (50 steps of 8), ROUGE-L: subspace")
     assert f"own LoRA {own:.1f} [{own - 5:.1f}, {own + 5:.1f}]" in c.ours and "mean only 25.0" in c.ours
     _write(tmp_path, "05_subspace_adaptation", {"trainable_counts": [], "functional": "functional evaluation not run: "
                                                 "UWS_MISTRAL_BASE and UWS_TASK_DATA_DIR not set (...)"})

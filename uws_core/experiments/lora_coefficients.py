@@ -41,7 +41,8 @@ import torch
 
 __all__ = ["CoefficientSettings", "VARIANTS", "CoefficientBasis", "random_model_axis_coefficients",
            "combination_weights", "CoefficientLayers", "answer_token_ids", "answer_nll", "train_coefficients",
-           "write_combination", "coefficient_study", "coefficient_pairs", "coefficient_pairs_to_compare", "paper_adapters"]
+           "write_combination", "coefficient_study", "coefficient_pairs", "coefficient_pairs_to_compare",
+           "paper_adapters"]
 
 VARIANTS = ("subspace_mean", "subspace_nomean", "random_mean", "random_nomean")
 META = "coefficients.json"
@@ -101,8 +102,8 @@ class CoefficientBasis:
             fit = ProductLeaveOneOut(B, A, stack.scalings, device)
             self.coef[m] = fit.fit(np.arange(self.n), self.k).coef.cpu()  # (N, k')
             self.random[m] = random_model_axis_coefficients(fit.gram, self.k, seed + zlib.crc32(m.encode()))
-            self.factors[m] = ((B * s[:, None, None]).permute(1, 0, 2).reshape(B.shape[1], -1).to(dtype),  # (d_out, N r)
-                               A.reshape(-1, A.shape[2]).to(dtype))  # (N r, d_in)
+            b_cat = (B * s[:, None, None]).permute(1, 0, 2).reshape(B.shape[1], -1)  # (d_out, N r): blocks s_i B_i
+            self.factors[m] = (b_cat.to(dtype), A.reshape(-1, A.shape[2]).to(dtype))  # A_cat (N r, d_in)
             self.r[m] = B.shape[2]
         self.module_keys = list(stack.module_keys)
         self._on: dict = {}
@@ -324,8 +325,8 @@ def coefficient_study(ev, setup, train_dirs, train_ids, heldout: dict, out: Path
     if ev.adapter is not None or getattr(ev, "_peft", None) is not None:
         raise ValueError(f"evaluator of {ev.base}: coefficients are trained on the plain base; pass a fresh Evaluator")
     if ev.precision.startswith("4-bit"):
-        raise ValueError(f"evaluator of {ev.base}: {ev.precision}; the trained updates are dense deltas, which cannot be "
-                         "added to 4-bit weights: use quantize='none' (UWS_EVAL_QUANTIZE unset)")
+        raise ValueError(f"evaluator of {ev.base}: {ev.precision}; the trained updates are dense deltas, which "
+                         "cannot be added to 4-bit weights: use quantize='none' (UWS_EVAL_QUANTIZE unset)")
     out, k = Path(out), settings.k
     task_dirs, missing = available_tasks(setup, list(heldout), dict.fromkeys(heldout, out))
     result = {"tasks": list(task_dirs), "missing": missing, "precision": ev.precision, "device": ev.device,

@@ -95,8 +95,9 @@ def adaptation_paper(r: dict, margin: float = 2.0) -> dict[str, str]:
     best = max(sub, key=lambda m: sub[m]["rougeL"])
     rnd = t.get(f"random_{best}_k{k}")
     parts = [f"subspace{' + mean' if best == 'mean' else ''} k{k} {_ci(sub[best])}"]
-    parts += [f"{name} {_ci(t[run])}" for name, run in (("random basis", f"random_{best}_k{k}"), ("mean only", "mean_only"),
-                                                         ("own LoRA", "own"), ("base", "base")) if run in t]
+    others = (("random basis", f"random_{best}_k{k}"), ("mean only", "mean_only"), ("own LoRA", "own"),
+              ("base", "base"))
+    parts += [f"{name} {_ci(t[run])}" for name, run in others if run in t]
     ok = (rnd is not None and "own" in t and sub[best]["rougeL"] >= rnd["rougeL"] + margin
           and sub[best]["rougeL"] >= t["own"]["rougeL"] - margin)
     trainable = max((x["trainable"] for x in f.get("training", [])), default=0)
