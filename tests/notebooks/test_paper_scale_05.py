@@ -8,7 +8,7 @@ executes the notebook with UWS_SCALE=paper: the code path a reviewer with the do
 """
 from conftest import run_notebook
 from task_world import write_task_world
-from test_paper_scale import _write_vit_family
+from vit_world import write_vit_family
 from uws_core.experiments import lora_coefficients as lc, task_study as ts
 from uws_core.experiments.task_eval import Evaluator
 from uws_core.report import claims
@@ -19,7 +19,7 @@ RUNS = ["base", "own", "mean_only", "subspace_mean_k2", "subspace_nomean_k2", "r
 
 def test_notebook_05_at_paper_scale_trains_coefficients_and_gives_rouge_tables_with_cis(tmp_path):
     w = write_task_world(tmp_path / "world", n_train=4, n_iid=0, n_ood=2)
-    _write_vit_family(tmp_path / "vit", list(load_manifest("vit")["repo_id"][:3]), "google/vit-base-patch16-224")
+    write_vit_family(tmp_path / "vit", list(load_manifest("vit")["repo_id"][:3]), "google/vit-base-patch16-224")
     env = {"UWS_VIT_DIR": tmp_path / "vit", "UWS_MISTRAL_LORA_DIR": w["loras"], "UWS_MISTRAL_BASE": w["base"],
            "UWS_MISTRAL_BASE_REVISION": None, "UWS_TASK_DATA_DIR": w["data"], "UWS_EVAL_LIMIT": None}
     res = run_notebook("05_subspace_adaptation", tmp_path, env, {"MAX_MODELS": 3, "K_PAPER": 2, "COEF_STEPS": 3,
