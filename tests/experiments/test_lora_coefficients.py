@@ -170,3 +170,20 @@ def test_study_refuses_unknown_variants_a_used_evaluator_and_4_bit_weights(tmp_p
         lc.coefficient_study(SimpleNamespace(**(ev.__dict__ | {"adapter": "a"})), None, [], [], {}, tmp_path)
     with pytest.raises(ValueError, match="cannot be added to 4-bit weights: use quantize='none'"):
         lc.coefficient_study(SimpleNamespace(**(ev.__dict__ | {"precision": "4-bit nf4"})), None, [], [], {}, tmp_path)
+
+
+def test_bfloat16_base_with_checkpointing_trains_float32_coefficients(tiny):
+    """The GPU path's dtypes on a CPU: a bfloat16 base, bfloat16 factors, float32 alpha, gradient checkpointing."""
+    import copy
+
+    from uws_core.weights.adapters import AdapterSet
+
+    _, dirs, tok, model, examples = tiny
+    bf = copy.deepcopy(model).to(torch.bfloat16)
+    basis = lc.CoefficientBasis(LoraStack.from_adapter_set(AdapterSet.from_dirs(dirs)), 2)
+    layers = lc.CoefficientLayers(basis, "random", False, "cpu", bf.dtype)
+    s = lc.CoefficientSettings(k=2, steps=2, batch_size=2, lr=0.5, checkpointing=True)
+    losses = lc.train_coefficients(bf, tok, layers, examples, s, seed=1)
+    assert np.isfinite(losses).all() and all(a.dtype == torch.float32 and a.abs().sum() > 0
+                                             for a in layers.alpha.values())
+    assert all(b.dtype == torch.bfloat16 for b, _ in layers.factors.values())
