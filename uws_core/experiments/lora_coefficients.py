@@ -1,19 +1,23 @@
 """Subspace adaptation at paper scale: only the coefficients of a frozen model-axis basis of the Mistral-7B LoRAs are
 trained on a held-out task's train split, and the result is scored by ROUGE-L on its test split (notebook 05).
 
-**Basis** (the replication's recipe, cahlen/universal-subspace-stress-test phase 4, as notebook 08's ``product``
-recipe and :class:`uws_core.experiments.lora_projection.ProductLeaveOneOut`): per module, the training adapters'
-updates ``P_i = s_i B_i A_i`` flattened (model axis), centred by their mean ``M``, top-k principal directions. The
-basis stays in factored form (:class:`uws_core.linalg.lora_model_basis.FactoredModelBasis`):
-``basis_j = sum_i C_ij P_i`` with ``C`` (N, k), columns summing to zero, ``C^T K C = I`` (K the Gram of the P_i).
-So the update for coefficients ``alpha`` (k per module) is ``sum_i w_i s_i B_i A_i`` with ``w = C alpha`` (plus
-``1/N`` for the mean start): a LoRA of rank N r with one weight per training adapter; nothing d_out x d_in is formed
-per adapter. The **random control** (:func:`random_model_axis_coefficients`) is a seeded random orthonormal basis of
-the same size inside the same centred span (``C^T K C = I`` too).
+**Basis** (the replication's recipe: cahlen/universal-subspace-stress-test @ a3db073,
+``experiments/phase4_subspace_training/run_train.py``, ``build_subspace`` / ``SubspaceAdapter``; here through
+:class:`uws_core.experiments.lora_projection.ProductLeaveOneOut`, notebook 08's ``product`` recipe): per module, the
+training adapters' updates ``P_i = s_i B_i A_i`` flattened (model axis), centred by their mean ``M``, top-k principal
+directions (they use ``B_i A_i`` unscaled: the same directions when every ``s_i`` is 2, coefficients in other units;
+they form ``V_k`` densely, on 8 q_proj modules; we keep every module factored,
+:class:`uws_core.linalg.lora_model_basis.FactoredModelBasis`): ``basis_j = sum_i C_ij P_i`` with ``C`` (N, k),
+columns summing to zero, ``C^T K C = I`` (K the Gram of the P_i). So the update for coefficients ``alpha`` (k per
+module) is ``sum_i w_i s_i B_i A_i`` with ``w = C alpha`` (plus ``1/N`` for the mean start): a LoRA of rank N r with
+one weight per training adapter; nothing d_out x d_in is formed per adapter. The **random control**
+(:func:`random_model_axis_coefficients`) is a seeded random orthonormal basis of the same size inside the same
+centred span (``C^T K C = I`` too).
 
 **Training** (the laptop LoRA case of notebook 05 where its settings carry over: warm-up + cosine schedule
 (:func:`uws_core.zoo.lr_schedule.warmup_cosine_factor`), 50 steps of 8 examples, learning rate 0.1, seeded
-batches): AdamW on alpha only (weight decay 0 by default, i.e. Adam), the base model frozen and loaded as
+batches; theirs: 200 steps of 4, rate 5e-2, 64 train examples, their raw input as prompt): AdamW on alpha only
+(weight decay 0 by default, i.e. Adam), the base model frozen and loaded as
 :class:`uws_core.experiments.task_eval.Evaluator` loads it (bfloat16 on a GPU, float32 on a CPU); the loss is the
 causal-LM negative log-likelihood of the answer tokens (first reference + EOS) after the authors' prompt
 (``task_eval.build_prompt``), averaged per example then over the batch; sequences longer than ``max_length`` lose
