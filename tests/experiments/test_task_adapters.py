@@ -96,6 +96,34 @@ def test_merge_command_writes_merges_and_own_per_task(pop, tmp_path):
         main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task9", extra[0], "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize("fmt,files", [("dense", {"dense_delta.json"}), ("pair", {"adapter_config.json"})])
+def test_format_option_forces_the_written_format(pop, tmp_path, fmt, files):
+    """--format dense / pair overrides the automatic rule for every variant; the update reads back either way."""
+    from uws_core.experiments.task_adapters import main
+    from uws_core.weights.dense_delta import read_dense_delta
+
+    extra = [f"--extra=task{i}={d}" for i, d in enumerate(pop["dirs"][:2])]
+    assert main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task1", *extra, "--format", fmt,
+                 "--out", str(tmp_path / "m")]) == 0
+    written = sorted((tmp_path / "m" / "task0").iterdir())
+    assert len(written) == 4
+    for d in written:
+        names = {p.name for p in d.iterdir()}
+        assert files <= names and not ({"dense_delta.json", "adapter_config.json"} - files) & names, d
+    own = tmp_path / "m" / "task0" / "own"
+    src = deltas(pop["dirs"][0])
+    if fmt == "pair":
+        got = deltas(own)
+    else:
+        _, dense = read_dense_delta(own)
+        got = {"base_model.model." + k.removesuffix(".weight"): v.double() for k, v in dense.items()}
+    for m in src:
+        torch.testing.assert_close(got[m], src[m], rtol=1e-2, atol=1e-3)   # dense: bfloat16 on disk
+    with pytest.raises(SystemExit):
+        main(["merge", "--adapters-root", str(tmp_path), "--tasks", "task0,task1", *extra, "--format", "sparse",
+              "--out", str(tmp_path / "m")])
+
+
 @pytest.mark.parametrize("which", ["iid", "ood"])
 def test_loo_command_on_a_small_train_set_under_the_manifest_ids(pop, tmp_path, monkeypatch, which):
     """The paper-scale entry point with the manifest's ids, the train list cut to 3 adapters (+ the held-out one)."""

@@ -4,10 +4,10 @@ Nothing here can download the real Lots-of-LoRAs adapters, so the test writes sm
 peft, tiny Mistral, q/k/v) under the names of the first entries of data_manifests/mistral7b_loras.csv and
 executes the notebook with UWS_SCALE=paper: the same code path a reviewer with the downloads runs.
 """
-from pathlib import Path
 
 from conftest import adapters_under_manifest_ids, run_notebook
 from task_world import write_task_world
+from vit_world import write_vit_family
 from uws_core.report import claims
 from uws_core.weights.manifests import load_manifest
 
@@ -22,35 +22,10 @@ def test_notebook_01_at_paper_scale_on_manifest_layout(tmp_path):
     assert "population" not in res                      # no training records at paper scale
 
 
-def _write_vit_family(root: Path, ids: list[str], base_id: str, seed: int = 0) -> None:
-    """A tiny ViTForImageClassification base under ``base_id`` and one fine-tune per id (base + a small
-    low-rank-plus-noise update, its own head), written with transformers' save_pretrained."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
-
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                    image_size=8, patch_size=4, num_channels=1, num_labels=10,
-                    architectures=["ViTForImageClassification"])
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    base = ViTForImageClassification(cfg)
-    base.save_pretrained(root / base_id)
-    for i, repo_id in enumerate(ids):
-        model = ViTForImageClassification(cfg)
-        model.load_state_dict(base.state_dict())
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if p.ndim == 2 and "embeddings" not in name and not name.startswith("classifier"):  # encoder matrices
-                    u = torch.randn(p.shape[0], 2, generator=g)
-                    v = torch.randn(2, p.shape[1], generator=g)
-                    p.add_(0.01 * u @ v / p.shape[1] ** 0.5 + 0.001 * torch.randn(p.shape, generator=g))
-        model.save_pretrained(root / repo_id)
-
-
 def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path):
     """Random inits are generated from the base's config.json; no scratch models, no LoRAs: both skipped."""
     ids = list(load_manifest("vit")["repo_id"][:10])
-    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
     res = run_notebook("07_null_models", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub", "UWS_MISTRAL_LORA_DIR": None,
                                                     "UWS_CACHE": tmp_path / "cache"},
                        {"N_BOOT": 2, "N_RANDOM_INIT": 6, "HALF_SIZES": [2, 4], "STABLE_LAYER": 0})
@@ -63,7 +38,7 @@ def test_notebook_07_at_paper_scale_on_manifest_layout(tmp_path):
 def test_notebook_06_at_paper_scale_counts_bytes_from_streamed_spectra(tmp_path):
     """LoRA adapters and ViTs under manifest ids; no Llama dir: that population is skipped."""
     adapters_under_manifest_ids(tmp_path / "loras", N)
-    _write_vit_family(tmp_path / "vits", list(load_manifest("vit")["repo_id"][:8]), "google/vit-base-patch16-224")
+    write_vit_family(tmp_path / "vits", list(load_manifest("vit")["repo_id"][:8]), "google/vit-base-patch16-224")
     res = run_notebook("06_compression", tmp_path, {"UWS_MISTRAL_LORA_DIR": tmp_path / "loras",
                                                     "UWS_VIT_DIR": tmp_path / "vits", "UWS_LLAMA_DIR": None})
     assert set(res["tables"]) == {"lora", "vit"}
@@ -77,9 +52,11 @@ def test_notebook_05_at_paper_scale_builds_the_bases_and_counts_only(tmp_path):
     (uws_core.experiments.adaptation_data.vit_adaptation_paper) builds the frozen bases with the mean task vector,
     the notebook reports the trainable counts and trains nothing (no task data at paper scale)."""
     ids = list(load_manifest("vit")["repo_id"][:6])
-    _write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
-    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub"}, {"MAX_MODELS": 6})
+    write_vit_family(tmp_path / "hub", ids, "google/vit-base-patch16-224")
+    res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub", "UWS_MISTRAL_BASE": None,
+                                                            "UWS_TASK_DATA_DIR": None}, {"MAX_MODELS": 6})
     assert "vit_summary" not in res and "lm_tasks" not in res    # no run at paper scale
+    assert "UWS_MISTRAL_BASE and UWS_TASK_DATA_DIR not set" in res["functional"]   # the Mistral-7B part says why not
     counts = {(r["method"], r["k"]): r for r in res["trainable_counts"]}
     # one block: q, k, v, attention out (32 x 32), fc1 (64 x 32), fc2 (32 x 64)
     assert counts["full", 0]["ours"] == 4 * 32 * 32 + 2 * 64 * 32

@@ -103,3 +103,29 @@ def test_compression_quality_ignores_rows_without_a_ratio():
     r["functional_paper"]["table"][3]["rougeL/own"] = None                   # own ROUGE-L 0: no ratio
     assert claims_paper.compression_quality_paper(r) == {"k=1": 0.5, "k=64": 0.99, "90% EV": 1.0}
     assert claims_paper.compression_quality_paper({"tables": {}}) is None
+
+
+def _adaptation(sub_mean, sub_nomean, rnd, own):
+    runs = (("base", 20.0), ("own", own), ("mean_only", 25.0), ("subspace_mean_k16", sub_mean),
+            ("subspace_nomean_k16", sub_nomean), ("random_mean_k16", rnd), ("random_nomean_k16", rnd - 10))
+    return {"trainable_counts": [], "functional_paper": {
+        **FUNC, "tasks": ["t1", "t2"], "settings": {"k": 16, "steps": 50, "batch_size": 8},
+        "table": [_row(r, s) for r, s in runs], "training": [{"run": "subspace_mean_k16", "trainable": 1536}]}}
+
+
+@pytest.mark.parametrize("sub_mean,sub_nomean,rnd,own,expected", [
+    (50.0, 40.0, 45.0, 51.0, "holds"),      # best (with mean) 5 above random + mean, 1 below own
+    (50.0, 40.0, 49.0, 51.0, "fails"),      # not 2 points above the random basis
+    (50.0, 40.0, 45.0, 60.0, "fails"),      # far below the own LoRA
+    (30.0, 50.0, 45.0, 51.0, "holds")])     # best without the mean: compared with random without the mean (35)
+def test_adaptation_row_reads_the_coefficients_trained_on_mistral(tmp_path, sub_mean, sub_nomean, rnd, own, expected):
+    _write(tmp_path, "05_subspace_adaptation", _adaptation(sub_mean, sub_nomean, rnd, own))
+    c = claims.adaptation(claims.load_all(tmp_path))
+    assert c.verdict == expected
+    assert c.ours.startswith("paper scale, bfloat16 on cuda, greedy decoding, full test splits, Mistral-7B, 2 OOD "
+                             "tasks, 1536 coefficients trained (50 steps of 8), ROUGE-L: subspace")
+    assert f"own LoRA {own:.1f} [{own - 5:.1f}, {own + 5:.1f}]" in c.ours and "mean only 25.0" in c.ours
+    _write(tmp_path, "05_subspace_adaptation", {"trainable_counts": [], "functional": "functional evaluation not run: "
+                                                "UWS_MISTRAL_BASE and UWS_TASK_DATA_DIR not set (...)"})
+    c = claims.adaptation(claims.load_all(tmp_path))
+    assert c.verdict == claims.NOT_TESTED and "Mistral-7B coefficients: functional evaluation not run" in c.ours

@@ -20,6 +20,10 @@ _API = {
     "compression": (
         "LORA_RECIPES", "PAPER_LORA_SHAPES", "PAPER_SHAPES", "full_numbers", "lora_full_numbers", "lora_stored_numbers",
         "ratio", "savings", "stored_numbers"),
+    "lora_coefficients": (
+        "CoefficientBasis", "CoefficientLayers", "CoefficientSettings", "VARIANTS", "answer_nll", "answer_token_ids",
+        "coefficient_pairs", "coefficient_pairs_to_compare", "coefficient_study", "combination_weights",
+        "paper_adapters", "random_model_axis_coefficients", "train_coefficients", "write_combination"),
     "lora_loo_accuracy": ("bootstrap_mean_ci", "loo_reconstruction_accuracy", "population_stack"),
     "lora_projection": (
         "CONTROLS", "K_GRID", "LoraStack", "ProductLeaveOneOut", "RECIPES", "compact_product_pair", "fit_factor_basis",

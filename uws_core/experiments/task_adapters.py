@@ -119,6 +119,10 @@ def write_variants(variants: dict[str, tuple[dict, float]], out: Path | str, tas
 
 
 # ---------------------------------------------------------------------------------------------- paper scale
+#: ``--format`` of the command line -> ``write_adapter_state``'s ``dense`` argument
+FORMATS = {"auto": "auto", "pair": "never", "dense": "always"}
+
+
 def _adapter_dirs(root: Path, ids: list[str], extra: dict[str, Path] | None = None) -> dict[str, Path]:
     """task id -> adapter directory: ``extra`` first (adapters outside the manifest), else the manifest's entry."""
     from uws_core.weights.manifests import load_manifest, local_dir
@@ -155,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ks", default="16", help="loo: comma-separated k")
     p.add_argument("--extra", action="append", default=[], metavar="TASK=DIR",
                    help="merge: an adapter not in the manifest (the replication's task020, task046)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="auto",
+                   help="how each variant is written: auto (a PEFT pair, or a dense delta when the pair would hold at "
+                        "least as many numbers), pair (always a PEFT adapter), dense (always a dense delta)")
     a = p.parse_args(argv)
     if a.what == "loo" and not a.which:
         p.error("loo needs --which iid|ood")
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge_variants(stack)
         for i, (t, d) in enumerate(dirs.items()):  # each task: the merges and its own adapter ("own")
             own = {"own": (stack.state(i), float(stack.scalings[i]))}
-            write_variants({**merged, **own}, a.out, t, read_adapter_config(d).raw)
+            write_variants({**merged, **own}, a.out, t, read_adapter_config(d).raw, FORMATS[a.format])
         return 0
     train = list(lora_split(loras, "train")["task_id"])
     ks = [int(k) for k in a.ks.split(",")]
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = train if a.which == "iid" else train + [t]  # OOD: the held-out adapter appended, fitted on train
         dirs = _adapter_dirs(a.adapters_root, ids)
         stack = LoraStack.from_adapter_set(AdapterSet.from_dirs(list(dirs.values()), ids))
-        write_variants(heldout_variants(stack, ids.index(t), ks), a.out, t, read_adapter_config(dirs[t]).raw)
+        write_variants(heldout_variants(stack, ids.index(t), ks), a.out, t, read_adapter_config(dirs[t]).raw,
+                       FORMATS[a.format])
     return 0
 
 

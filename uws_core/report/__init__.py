@@ -11,7 +11,8 @@ from uws_core import lazy_exports
 _API = {
     "claims": ("CLAIMS", "Claim", "ledger", "load_all", "main", "render_markdown", "write_ledger"),
     "claims_paper": (
-        "NOT_MEASURED", "add_rouge_quality", "compression_quality_paper", "loo_paper", "merging_paper", "scale_note"),
+        "NOT_MEASURED", "adaptation_paper", "add_rouge_quality", "compression_quality_paper", "loo_paper",
+        "merging_paper", "scale_note"),
     "lab": ("DISPLAY_NAME", "KERNELSPEC", "KERNEL_NAME", "set_kernelspec"),
     "notebook_map": ("notebook_calls", "render_map"),
     "paper_scale_checks": (

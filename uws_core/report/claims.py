@@ -294,6 +294,8 @@ def adaptation(R: dict) -> Claim:
     r = _res(R, base["source"])
     if r is None:
         return Claim(ours="-", verdict=NOT_RUN, **base)
+    if R[base["source"]].get("scale") == "paper":  # ROUGE-L of coefficients trained on Mistral-7B's OOD tasks
+        return Claim(**claims_paper.adaptation_paper(r), **base)
     if not r.get("vit_summary"):
         ours = claims_paper.scale_note(R[base["source"]], "bases and trainable counts only")
         return Claim(ours=ours, verdict=NOT_TESTED, **base)

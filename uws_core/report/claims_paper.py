@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["NOT_MEASURED", "loo_paper", "merging_paper", "compression_quality_paper", "add_rouge_quality",
-           "scale_note"]
+__all__ = ["NOT_MEASURED", "loo_paper", "merging_paper", "adaptation_paper", "compression_quality_paper",
+           "add_rouge_quality", "scale_note"]
 
 NOT_MEASURED = "not measured at paper scale"
 RIVALS = ("mean", "task arithmetic", "TIES", "DARE", "KnOTS-TIES")  # notebook 04's other merges
@@ -78,6 +78,32 @@ def merging_paper(r: dict, margin: float = 2.0, subspace: str = "subspace k=16")
             f"{_ci(t[best])}, individual {_ci(t['individual'])}, base {_ci(t['base'])}; subspace - {best} "
             f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]")
     return _row(ours, t[subspace]["rougeL"] >= rivals[best] + margin)
+
+
+def adaptation_paper(r: dict, margin: float = 2.0) -> dict[str, str]:
+    """Notebook 05: coefficients trained on the OOD tasks' train splits (:mod:`uws_core.experiments.lora_coefficients`);
+    holds when the better subspace variant (with / without the mean) is >= ``margin`` ROUGE-L points above the random
+    basis of the same setting and within ``margin`` of the task's own LoRA (the laptop row's criterion, with the
+    authors' rank-16 adapter as the LoRA)."""
+    f = r.get("functional_paper")
+    k = (f or {}).get("settings", {}).get("k")
+    if not f or not any(row["run"].startswith("subspace_") for row in f.get("table", [])):
+        why = r.get("functional") or ("none of the tasks has its test data" if f else "not run")
+        return _row(f"{NOT_MEASURED} (ViT: bases and trainable counts only; Mistral-7B coefficients: {why})", None)
+    t = {row["run"]: row for row in f["table"]}
+    sub = {m: t[f"subspace_{m}_k{k}"] for m in ("mean", "nomean") if f"subspace_{m}_k{k}" in t}
+    best = max(sub, key=lambda m: sub[m]["rougeL"])
+    rnd = t.get(f"random_{best}_k{k}")
+    parts = [f"subspace{' + mean' if best == 'mean' else ''} k{k} {_ci(sub[best])}"]
+    others = (("random basis", f"random_{best}_k{k}"), ("mean only", "mean_only"), ("own LoRA", "own"),
+              ("base", "base"))
+    parts += [f"{name} {_ci(t[run])}" for name, run in others if run in t]
+    ok = (rnd is not None and "own" in t and sub[best]["rougeL"] >= rnd["rougeL"] + margin
+          and sub[best]["rougeL"] >= t["own"]["rougeL"] - margin)
+    trainable = max((x["trainable"] for x in f.get("training", [])), default=0)
+    ours = (f"paper scale, {_how(f)}, Mistral-7B, {len(f['tasks'])} OOD tasks, {trainable} coefficients trained "
+            f"({f['settings']['steps']} steps of {f['settings']['batch_size']}), ROUGE-L: " + ", ".join(parts))
+    return _row(ours, ok if rnd is not None and "own" in t else None)
 
 
 def compression_quality_paper(r: dict) -> dict[str, float] | None:
