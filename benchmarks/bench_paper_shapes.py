@@ -31,6 +31,10 @@
    (solver "factor_feature_gram").
 5. With ``--solvers 1``: the eigensolvers compared at the real shapes (``benchmarks/bench_eigensolvers.py``).
 
+Every child runs without the laptop populations' MKL pin (:func:`uws_core.linalg.numerics.unpinned_env`), as the
+``uws`` command and paper scale do: under ``MKL_CBWR=COMPATIBLE`` torch's float64 GEMMs ran 3-5x slower here,
+which slowed the peers' torch code and ours alike.
+
 Extrapolations to the 96 keys of Mistral-7B (from the measured per-key means of each shape class) are labelled
 as such in the results. Run ``python -m benchmarks.bench_paper_shapes`` (default: N = 100, 2 layers, peers at
 N = 100, N = 500 on 1 layer; several minutes on 2 shared cores) or with
@@ -438,7 +442,11 @@ def main(argv=None) -> dict:
         recipe_worker(args.worker, args.worker_factors, args.repeat, args.worker_out)
         return {}
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on shared cores
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    from uws_core.linalg.numerics import unpinned_env
+
+    # every child (uws spectra and each recipe, the peers' and ours) runs MKL's own kernels, as the uws command and
+    # paper scale do: the laptop populations' pin (MKL_CBWR=COMPATIBLE) would slow the peers' torch code and ours alike
+    env = {**unpinned_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="uws_paper_shapes_"))
     try:
