@@ -29,7 +29,7 @@ notebooks compute under these settings; ``UWS_NATIVE_KERNELS=1`` opts out (faste
 bits: the population caches are then keyed apart, see :func:`profile`).
 
 Where the pin does not apply: at paper scale (``UWS_SCALE=paper``: the real checkpoints are read, nothing is
-trained, and MKL's vendor-neutral branch made float64 Grams 4.7x and ``eigvalsh`` 2.9x slower) and in the ``uws``
+trained, and MKL's vendor-neutral branch made float64 Grams 4.5x and ``eigvalsh`` 2.8x slower) and in the ``uws``
 command (:func:`release_pin`: it reads, analyses and evaluates checkpoints). Their numbers agree across machines to
 round-off, not bit for bit; every checked output is rounded far above that.
 
@@ -99,7 +99,7 @@ def pin_environment() -> bool:
     imported (``import uws_core`` first; subprocesses and notebook kernels inherit ``os.environ``).
 
     Paper scale (``UWS_SCALE=paper``) trains nothing: it reads the real checkpoints, and MKL's vendor-neutral
-    branch would only slow its Grams and eigensolvers (float64 Gram updates 4.7x, ``eigvalsh`` at d = 4096 2.9x
+    branch would only slow its Grams and eigensolvers (float64 Gram updates 4.5x, ``eigvalsh`` at d = 4096 2.8x
     on the 2-core AMD EPYC, 2026-12-07), so it runs MKL's own kernels. What the pin is for, bitwise-equal
     laptop populations and notebooks, is untouched (a kernel that inherits the pin from its parent keeps it).
     """
