@@ -221,10 +221,10 @@ def test_notebook_05_at_paper_scale_builds_bases_and_counts_only(tmp_path):
     from conftest import run_notebook
     from conftest import sibling_test_module
 
-    _write_vit_family = sibling_test_module("notebooks", "test_paper_scale")._write_vit_family
+    write_vit_family = sibling_test_module("notebooks", "vit_world").write_vit_family
     from uws_core.weights.manifests import load_manifest
 
-    _write_vit_family(tmp_path / "hub", list(load_manifest("vit")["repo_id"][:6]), "google/vit-base-patch16-224")
+    write_vit_family(tmp_path / "hub", list(load_manifest("vit")["repo_id"][:6]), "google/vit-base-patch16-224")
     res = run_notebook("05_subspace_adaptation", tmp_path, {"UWS_VIT_DIR": tmp_path / "hub"})
     assert res["scale"] == "paper" and "vit_summary" not in res and "lm_table" not in res
     full = [r for r in res["trainable_counts"] if r["method"] == "full"][0]

@@ -223,9 +223,8 @@ def lora_shared_init(R: dict) -> Claim:
 
 def _laptop_result(R: dict, base: dict, needed: str, without: str, paper: Callable[[dict], dict]
                    ) -> tuple[dict | None, Claim | None]:
-    """``(results, None)`` when the notebook ``base["source"]`` ran at laptop scale and wrote ``needed``; else
-    ``(None, claim)``: not run (no results file), the paper-scale claim ``paper(results)`` (ROUGE-L, when measured),
-    or not tested (``without`` says what the results hold instead)."""
+    """``(results, None)`` when ``base["source"]`` ran at laptop scale and wrote ``needed``, else ``(None, claim)``: not
+    run, the paper-scale claim ``paper(results)``, or not tested (``without`` says what the results hold)."""
     r = _res(R, base["source"])
     if r is None:
         return None, Claim(ours="-", verdict=NOT_RUN, **base)
