@@ -66,3 +66,16 @@ def test_in_sample_rebuild_gives_the_adapter_back_when_k_spans_the_factors(tmp_p
     low = AdapterSet.from_dirs([runs["k1"]["t1"]])
     b1, a1 = low.load(0, low.module_keys[0], scaled=True)
     assert float((b1 @ a1 - want).norm()) > 1e-2 * float(want.norm())
+
+
+def test_available_tasks_needs_the_data_and_the_adapter_only_when_adapters_are_given(tmp_path):
+    from uws_core.weights.manifests import load_manifest
+
+    m = load_manifest("lots_of_loras_tasks")
+    (t1, r1), (t2, _) = list(zip(m["task_id"], m["repo_id"]))[:2]
+    (tmp_path / r1).mkdir(parents=True)                              # t1's dataset is present, t2's is not
+    setup = ts.functional_setup("base", None, tmp_path)
+    found, missing = ts.available_tasks(setup, [t1, t2])
+    assert found == {t1: tmp_path / r1} and missing == [t2]
+    found, missing = ts.available_tasks(setup, [t1, t2], {t1: None, t2: tmp_path})
+    assert found == {} and missing == [t1, t2]                       # t1: no adapter; t2: no data

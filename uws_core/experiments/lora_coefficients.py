@@ -332,7 +332,7 @@ def coefficient_study(ev, setup, train_dirs, train_ids, heldout: dict, out: Path
         raise ValueError(f"evaluator of {ev.base}: {ev.precision}; the trained updates are dense deltas, which "
                          "cannot be added to 4-bit weights: use quantize='none' (UWS_EVAL_QUANTIZE unset)")
     out, k = Path(out), settings.k
-    task_dirs, missing = available_tasks(setup, list(heldout), dict.fromkeys(heldout, out))
+    task_dirs, missing = available_tasks(setup, list(heldout))  # data needed; the own adapter is optional
     result = {"tasks": list(task_dirs), "missing": missing, "precision": ev.precision, "device": ev.device,
               "setup": setup.describe(), "settings": asdict(settings), "variants": list(variants)}
     if not task_dirs:

@@ -71,15 +71,15 @@ def functional_setup(base: str | None, revision: str | None, data_root: str | Pa
     return FunctionalSetup(str(base), revision or None, Path(data_root), **settings)
 
 
-def available_tasks(setup: FunctionalSetup, task_ids: Sequence[str], adapters: Mapping[str, Path | None]
+def available_tasks(setup: FunctionalSetup, task_ids: Sequence[str], adapters: Mapping[str, Path | None] | None = None
                     ) -> tuple[dict[str, Path], list[str]]:
     """``({task: dataset directory}, [missing task ids])``: a task counts when its dataset is under the data root
-    and its adapter is in ``adapters`` (task id -> directory, None = absent)."""
+    and, when ``adapters`` is given (task id -> directory, None = absent), its adapter is in it."""
     from uws_core.experiments.task_data import TaskDataError, task_data_dirs
 
     found, missing = {}, []
     for t in task_ids:
-        if adapters.get(t) is None:
+        if adapters is not None and adapters.get(t) is None:
             missing.append(t)
             continue
         try:
@@ -285,7 +285,7 @@ def compression_study(ev, setup: FunctionalSetup, stack, task_index: Mapping[str
     Returns the ROUGE-L table (``setting`` column, ``rougeL/own``: the quality kept, ``gain kept``:
     :func:`gain_kept`), the paired differences rebuilt - own, and the timing."""
     out, dirs = Path(out), {}
-    task_dirs, missing = available_tasks(setup, list(task_index), dict.fromkeys(task_index, out))  # adapters: in stack
+    task_dirs, missing = available_tasks(setup, list(task_index))  # the adapters are in the stack: data needed only
     result: dict = {"tasks": list(task_dirs), "missing": missing, "precision": ev.precision, "device": ev.device,
                     "setup": setup.describe()}
     if not task_dirs:

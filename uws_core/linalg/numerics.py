@@ -86,9 +86,10 @@ _BEFORE_PIN: dict[str, str | None] = {}
 
 
 def paper_scale_requested(environ=None) -> bool:
-    """``UWS_SCALE=paper`` (read here, not from :mod:`uws_core.weights.scale`, which sits above this layer)."""
+    """``UWS_SCALE=paper``, read exactly as :func:`uws_core.weights.scale.scale` reads it (that module sits above this
+    layer; a value it refuses, such as ``Paper``, does not unpin either)."""
     environ = os.environ if environ is None else environ
-    return environ.get("UWS_SCALE", "").strip().lower() == "paper"
+    return environ.get("UWS_SCALE", "laptop") == "paper"
 
 
 def pin_environment() -> bool:
