@@ -252,3 +252,15 @@ def test_parser_and_hub_commands_start_without_torch():
             "cli.build_parser(); print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [[], ["spectrum"], ["spectra"], ["report"], ["download"], ["manifest"],
+                                     ["manifest", "lock"]])
+def test_every_help_page_renders(command, capsys):
+    """`--help` of every command prints its options (argparse %-formats help strings: a bare "80%" in one made
+    `uws spectra --help` raise TypeError)."""
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "--help" in out

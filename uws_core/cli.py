@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoints: analyse the keys common to all models instead of refusing differing key sets")
     sp.add_argument("--max-key-gib", type=float, default=None,
                     help="refuse keys whose memory bound exceeds this many GiB (default: "
-                         f"{dtype_policy.MEMORY_FRACTION:.0%} of the memory available)")
+                         f"{dtype_policy.MEMORY_FRACTION:.0%}% of the memory available)")
     sp.add_argument("--out", required=True, type=Path, help="output JSON file")
     sp.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
 
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--basis-k", type=int, default=0, help="also save the top-k basis per key (checkpoints, rows/cols)")
     ss.add_argument("--max-key-gib", type=float, default=None,
                     help="skip (and report) keys whose memory bound exceeds this many GiB (default: "
-                         f"{dtype_policy.MEMORY_FRACTION:.0%} of the memory available)")
+                         f"{dtype_policy.MEMORY_FRACTION:.0%}% of the memory available)")
     ss.add_argument("--device", default=None, help="compute device (default: UWS_DEVICE, else cuda if present)")
     ss.add_argument("--allow-missing-keys", action="store_true", help="checkpoints: use the keys common to all")
     ss.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")

@@ -42,6 +42,7 @@ import torch
 from scipy.linalg.blas import dtrmm
 
 from uws_core.linalg.device import ACCUM_DTYPE, pick_device
+from uws_core.linalg.eigvals import symmetric_eigvals
 from uws_core.linalg.spectral import Spectrum, check_center, check_finite, check_unfolding
 from uws_core.linalg.subspace import model_axis_eigen
 
@@ -69,7 +70,7 @@ def center_rows(x: torch.Tensor, center: str) -> torch.Tensor:
 # ---------------------------------------------------------------- kernels: LAPACK/BLAS on CPU, torch elsewhere
 
 def _use_lapack(t: torch.Tensor) -> bool:
-    """CPU float64 goes through numpy/scipy (OpenBLAS syrk, LAPACK syevd, trmm): about 2x torch's CPU path
+    """CPU float64 goes through numpy/scipy (OpenBLAS syrk, LAPACK syevd(_2stage), trmm): about 2x torch's CPU path
     for these shapes on the 2-core machine (benchmarks/paper_shapes_results.md); CUDA stays in torch."""
     return t.device.type == "cpu" and USE_LAPACK_ON_CPU
 
@@ -88,7 +89,7 @@ def gram_rows(x: torch.Tensor) -> torch.Tensor:
 def _sym_eigvals(mat: torch.Tensor, n_comp: int) -> np.ndarray:
     """Descending eigenvalues of a symmetric PSD matrix, clipped at 0, padded with zeros to n_comp."""
     if _use_lapack(mat):
-        vals = scipy.linalg.eigh(mat.numpy(), eigvals_only=True, driver="evd", check_finite=False)[::-1]
+        vals = symmetric_eigvals(mat.numpy())[::-1]  # two-stage LAPACK at d >= 1024 (uws_core.linalg.eigvals)
     else:
         vals = torch.linalg.eigvalsh(mat).flip(0).cpu().numpy()
     full = np.zeros(n_comp)

@@ -17,6 +17,7 @@ import scipy.linalg
 import torch
 
 from uws_core.linalg.device import ACCUM_DTYPE, as_tensor, pick_device
+from uws_core.linalg.eigvals import TWO_STAGE_MIN_N, symmetric_eigvals
 
 __all__ = ["explained_variance_ratio", "k_for_threshold", "project", "reconstruct", "principal_angles",
            "random_orthonormal_basis", "orthonormalize", "eigh_descending", "model_axis_eigen", "ChunkedGram", "gram_top_evr"]
@@ -193,6 +194,14 @@ def _top_eigvecs_by_iteration(gram: torch.Tensor, vals: np.ndarray, k: int, tol:
     return None
 
 
+def _eigvals_descending(gram: torch.Tensor) -> np.ndarray:
+    """All eigenvalues of a symmetric matrix, descending: two-stage LAPACK on CPU from d = TWO_STAGE_MIN_N
+    (:mod:`uws_core.linalg.eigvals`; 1.7x faster than one-stage at d = 4096), else ``torch.linalg.eigvalsh``."""
+    if gram.device.type == "cpu" and gram.dtype == torch.float64 and gram.shape[0] >= TWO_STAGE_MIN_N:
+        return symmetric_eigvals(gram.numpy())[::-1].copy()
+    return torch.linalg.eigvalsh(gram).flip(0).cpu().numpy()
+
+
 def eigh_descending(gram: torch.Tensor, k: int, overwrite: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
     """All eigenvalues (descending, clipped at 0) and the top-``k`` eigenvectors of a symmetric PSD matrix.
 
@@ -203,10 +212,9 @@ def eigh_descending(gram: torch.Tensor, k: int, overwrite: bool = False) -> tupl
     """
     n = gram.shape[0]
     if k == 0:
-        vals = torch.linalg.eigvalsh(gram).flip(0)
-        return np.clip(vals.cpu().numpy(), 0.0, None), None
+        return np.clip(_eigvals_descending(gram), 0.0, None), None
     if gram.device.type == "cpu" and n > 512 and k <= n // 8:
-        vals = torch.linalg.eigvalsh(gram).flip(0).numpy()
+        vals = _eigvals_descending(gram)
         vecs = _top_eigvecs_by_iteration(gram, vals, k)
         if vecs is None:
             log.info("subspace iteration did not converge for k=%d of d=%d; using LAPACK syevr", k, n)
