@@ -84,36 +84,54 @@ def plain_read(paths, block: int = 16 << 20) -> dict:
 
 
 def gram_rate(d_rows: int, d_feat: int, repeat: int = 3) -> dict:
-    """float64 GFLOP/s of one Gram update ``G += X^T X`` with X (d_rows, d_feat): ``2 d_rows d_feat^2`` flops."""
+    """GEMM-equivalent float64 GFLOP/s (``2 d_rows d_feat^2`` flops / time) of one Gram update ``G += X^T X`` with
+    X (d_rows, d_feat), for the kernel ``StreamingSpectrum`` uses in this process (``spectral.use_syrk``: BLAS
+    dsyrk on the lower triangle when unpinned, torch ``addmm_`` when pinned) and for torch's ``addmm_`` beside it."""
     import torch
+
+    from uws_core.linalg.spectral import syrk_lower_update, use_syrk
 
     x = torch.randn(d_rows, d_feat, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     g = torch.zeros(d_feat, d_feat, dtype=torch.float64)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        g.addmm_(x.T, x)
-        best = min(best, time.perf_counter() - t0)
-    return {"shape": [d_rows, d_feat], "seconds": best, "GFLOPs": 2 * d_rows * d_feat ** 2 / best / 1e9}
+    flops = 2 * d_rows * d_feat ** 2
+    kernels = {"addmm": lambda: g.addmm_(x.T, x), "syrk": lambda: syrk_lower_update(g, x)}
+    best = {}
+    for name, run in kernels.items():
+        best[name] = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    used = "syrk" if use_syrk(g) else "addmm"
+    return {"shape": [d_rows, d_feat], "kernel": used, "seconds": best[used], "GFLOPs": flops / best[used] / 1e9,
+            "by_kernel": {k: {"seconds": v, "GFLOPs": flops / v / 1e9} for k, v in best.items()}}
 
 
 def eig_fit(sizes) -> dict:
-    """Seconds of float64 ``eigvalsh`` at each size (best of 2) and the least-squares ``c`` of ``t = c d^3``."""
+    """Seconds of the float64 eigenvalues ``StreamingSpectrum.finalize`` computes (``subspace.eigh_descending``
+    with k = 0: two-stage LAPACK from d = 1024, ``uws_core.linalg.eigvals``) at each size (best of 2), the
+    least-squares ``c`` of ``t = c d^3``, and torch's ``eigvalsh`` beside it."""
     import numpy as np
     import torch
 
-    times = {}
+    from uws_core.linalg.subspace import eigh_descending
+
+    times, torch_times = {}, {}
     for d in sizes:
         x = torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
         g = x @ x.T
-        times[d] = float("inf")
+        times[d] = torch_times[d] = float("inf")
         for _ in range(2):
             t0 = time.perf_counter()
-            torch.linalg.eigvalsh(g)
+            eigh_descending(g, 0)
             times[d] = min(times[d], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            torch.linalg.eigvalsh(g)
+            torch_times[d] = min(torch_times[d], time.perf_counter() - t0)
     d3 = np.array([d ** 3 for d in sizes], dtype=float)
     t = np.array([times[d] for d in sizes])
-    return {"seconds": {str(d): times[d] for d in sizes}, "c_per_d3": float((d3 @ t) / (d3 @ d3))}
+    return {"seconds": {str(d): times[d] for d in sizes}, "c_per_d3": float((d3 @ t) / (d3 @ d3)),
+            "torch_eigvalsh_seconds": {str(d): torch_times[d] for d in sizes}}
 
 
 def _vm(field: str) -> int:
@@ -316,14 +334,20 @@ def write_results(data: dict, out: Path) -> None:
         f"| compute: float64 upcast, Gram updates, eigenvalues | {s['gram_flops'] / 1e9:.0f} GFLOP | "
         f"{s['compute_s']:.2f} | - | time model {s['predicted_compute_s']:.2f} s "
         f"({s['predicted_compute_s'] / s['compute_s']:.2f} of measured) |",
-        f"| one Gram update `G += X^T X`, X {tuple(m['gemm']['shape'])} float64 (best of 3) | "
-        f"{2 * m['gemm']['shape'][0] * m['gemm']['shape'][1] ** 2 / 1e9:.1f} GFLOP | {m['gemm']['seconds']:.3f} | - | "
-        f"{m['gemm']['GFLOPs']:.1f} GFLOP/s |",
+        *(f"| one Gram update `G += X^T X`, X {tuple(m['gemm']['shape'])} float64, {name} (best of 3)"
+          f"{' (the kernel used)' if name == m['gemm'].get('kernel') else ''} | "
+          f"{2 * m['gemm']['shape'][0] * m['gemm']['shape'][1] ** 2 / 1e9:.1f} GFLOP (GEMM-equivalent) | "
+          f"{r['seconds']:.3f} | - | {r['GFLOPs']:.1f} GFLOP/s |"
+          for name, r in m["gemm"].get("by_kernel", {"addmm": m["gemm"]}).items()),
         f"| whole `population_spectra` pass | - | {s['wall_s']:.2f} | {s['cpu_s']:.2f} | - |",
         "",
-        "Eigenvalues (`torch.linalg.eigvalsh`, float64, best of 2): "
+        "Eigenvalues as `StreamingSpectrum.finalize` computes them (`subspace.eigh_descending`, k = 0: two-stage "
+        "LAPACK from d = 1024), float64, best of 2: "
         + ", ".join(f"d = {d}: {t:.3f} s" for d, t in m["eig"]["seconds"].items())
-        + f"; fitted t = {m['eig']['c_per_d3']:.3e} d^3 s.",
+        + f"; fitted t = {m['eig']['c_per_d3']:.3e} d^3 s"
+        + ("" if "torch_eigvalsh_seconds" not in m["eig"] else "; torch `eigvalsh` beside it: "
+           + ", ".join(f"d = {d}: {t:.3f} s" for d, t in m["eig"]["torch_eigvalsh_seconds"].items()))
+        + ".",
         "",
         "Per key (load = read through the loader, compute = Gram updates + eigenvalues):",
         "",
@@ -358,6 +382,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the checkpoints (default: a temp dir)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from uws_core.linalg.numerics import release_pin
+
+    release_pin()  # paper-scale rates: unpinned, as `uws spectra` and UWS_SCALE=paper run (before torch loads)
     import torch
 
     cfg = QUICK if args.quick else FULL

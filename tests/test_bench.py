@@ -30,3 +30,18 @@ def test_task_eval_bench_quick_mode_writes_rates(tmp_path):
     runs = json.loads((tmp_path / "task_eval_results.json").read_text())["runs"]
     assert [(r["hidden"], r["decoding"]) for r in runs] == [(32, "greedy"), (32, "authors")]
     assert all(r["generated_now"] == 4 and r["examples_per_s"] > 0 and r["peak_memory_bytes"] > 0 for r in runs)
+
+
+def test_streaming_bench_quick_mode_times_the_kernels_the_code_uses(tmp_path):
+    """bench_streaming runs unpinned (paper-scale rates): its Gram rate is the dsyrk kernel StreamingSpectrum uses
+    there, with torch's addmm beside it, and its eigenvalue fit times eigh_descending (two-stage LAPACK)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_streaming", "--quick", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "streaming_results.json").read_text())
+    gemm = data["measured"]["gemm"]
+    assert gemm["kernel"] == "syrk" and set(gemm["by_kernel"]) == {"syrk", "addmm"}
+    assert data["rates"]["gram_GFLOPs"] == gemm["by_kernel"]["syrk"]["GFLOPs"] > 0
+    assert set(data["measured"]["eig"]["torch_eigvalsh_seconds"]) == set(data["measured"]["eig"]["seconds"])
+    md = (tmp_path / "streaming_results.md").read_text()
+    assert "syrk (best of 3) (the kernel used)" in md and "two-stage" in md

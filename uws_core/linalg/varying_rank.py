@@ -40,11 +40,12 @@ class StackedRowSpectrum:
         sc = self.scatter
         if sc.n == 0:
             raise ValueError(f"no adapters were added (key {self.key!r})")
-        d = sc.gram.shape[0]
+        gram = sc.full_gram()  # (d, d)
+        d = gram.shape[0]
         n_comp = min(sc.n_rows, d)
-        vals, vecs = eigh_descending(sc.gram, resolve_k(k, n_comp))
+        vals, vecs = eigh_descending(gram, resolve_k(k, n_comp))
         rows = self.side == "rows"  # A: rows in R^{d_in}; B: columns in R^{d_out}
-        return Spectrum(variances=vals[:n_comp], total_variance=float(torch.trace(sc.gram)),
+        return Spectrum(variances=vals[:n_comp], total_variance=float(torch.trace(gram)),
                         basis=None if vecs is None else vecs.cpu(),
                         mean=(sc.mean.unsqueeze(0) if rows else sc.mean.unsqueeze(1)).cpu(),
                         unfolding="rows" if rows else "cols", center="samples", n_models=sc.n,
