@@ -89,7 +89,7 @@ def gram_rate(d_rows: int, d_feat: int, repeat: int = 3) -> dict:
     dsyrk on the lower triangle when unpinned, torch ``addmm_`` when pinned) and for torch's ``addmm_`` beside it."""
     import torch
 
-    from uws_core.linalg.spectral import syrk_lower_update, use_syrk
+    from uws_core.linalg.scatter import syrk_lower_update, use_syrk
 
     x = torch.randn(d_rows, d_feat, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     g = torch.zeros(d_feat, d_feat, dtype=torch.float64)

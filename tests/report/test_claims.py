@@ -194,3 +194,28 @@ def test_seeds_that_did_not_recompute_a_claim_are_not_judged_for_it(tmp_path):
     shared = claims.claim_over_seeds(claims.lora_shared_init, R)
     assert shared.verdict == "holds" and "per seed: 0 holds, 1 holds, 2 holds" in shared.ours
     assert "|" not in shared.ours  # CLAIMS.md is a markdown table: no cell may hold a column separator
+
+
+def test_claim_text_rows_are_complete_and_all_used():
+    """claims.toml holds the fixed text of every ledger row: five fields each, every row used by a claim, every
+    {field} filled (the rendered ledger of no results has no brace left)."""
+    from uws_core.report import claims
+
+    fields = {"claim", "paper", "replication", "criterion", "source"}
+    assert all(set(row) == fields for row in claims.CLAIM_TEXT.values())
+    rows = claims.ledger({})
+    assert len(rows) == len(claims.CLAIMS)
+    text = claims.render_markdown(rows, {})
+    assert "{" not in text and "}" not in text
+    used = {name for name in claims.CLAIM_TEXT if name in {"full_model_spectra", "compression"}
+            or any(f.__name__ == name for f in claims.CLAIMS)}
+    assert used == set(claims.CLAIM_TEXT)
+
+
+def test_about_names_the_missing_row():
+    from uws_core.report import claims
+
+    with pytest.raises(KeyError, match="no row 'nope'"):
+        claims.about("nope")
+    assert claims.about("random_init", top16=0.5, mp16=0.25)["replication"] == \
+        "top-16 EVR 0.5000 vs Marchenko-Pastur 0.2500"

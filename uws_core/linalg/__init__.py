@@ -12,6 +12,7 @@ from uws_core import lazy_exports
 _API = {
     "conventions": ("CENTERS", "DEFAULT_SCALING", "RECIPES", "SCALINGS", "UNFOLDINGS"),
     "device": ("ACCUM_DTYPE", "as_tensor", "pick_device"),
+    "eigvals": ("EIGVALS_ENV", "TWO_STAGE_MIN_N", "symmetric_eigvals", "two_stage_available"),
     "factored_spectra": (
         "center_rows", "factored_lora_spectra", "factored_product_spectrum", "product_feature_gram",
         "product_feature_spectrum", "stacked_rows_spectrum", "uses_small_gram"),
@@ -32,6 +33,7 @@ _API = {
         "SOURCES", "authors_figure_evr", "authors_pca", "authors_pca_evr", "authors_pca_lora",
         "authors_pca_n_components", "authors_subspace", "global_std", "lora_uncentred_norm_sq", "product_scaling",
         "replication", "replication_null", "replication_recon_errors"),
+    "scatter": ("RowScatter", "USE_SYRK_ON_CPU", "syrk_lower_update", "use_syrk"),
     "spectral": (
         "NonFiniteWeightError", "ShapeMismatchError", "Spectrum", "StreamingSpectrum", "center_stack", "stack_spectrum",
         "unfold"),

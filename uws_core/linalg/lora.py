@@ -74,14 +74,9 @@ class _LoraRowScatter:
 class StreamingLoraSpectrum:
     """Spectrum of the stack ``{s_i B_i A_i}`` accumulated one adapter (or chunk) at a time, factored.
 
-    Parameters
-    ----------
-    unfolding : {"model", "rows", "cols"}
-    center : {"none", "models", "samples"}
-    shape : (d_out, d_in)
-    device : optional (default :func:`uws_core.linalg.device.pick_device`)
-    key : str, optional, named in validation errors
-    chunk : int, optional, adapters per model-axis Gram block (default 1024 // r)
+    ``unfolding`` ("model", "rows" or "cols"), ``center``, ``shape`` (d_out, d_in), ``device`` and ``key`` are
+    those of :class:`uws_core.linalg.spectral.StreamingSpectrum`; ``chunk`` is the number of adapters per
+    model-axis Gram block (default 1024 // r).
 
     Memory: rows/cols keep a float64 d x d Gram (d = d_in / d_out) plus the running sum matrix for
     "models" centring; the model axis keeps the N x N Gram plus the factors in their own dtype.

@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from uws_core.linalg.device import ACCUM_DTYPE, pick_device
-from uws_core.linalg.spectral import RowScatter, Spectrum
+from uws_core.linalg.scatter import RowScatter
+from uws_core.linalg.spectral import Spectrum
 from uws_core.linalg.subspace import eigh_descending, model_axis_eigen, resolve_k
 
 __all__ = ["StackedRowSpectrum", "FactoredProductGram"]
@@ -22,7 +23,7 @@ __all__ = ["StackedRowSpectrum", "FactoredProductGram"]
 class StackedRowSpectrum:
     """Spectrum of row blocks of varying height stacked, ``(sum_i m_i, d)``, centred by the mean row.
 
-    The accumulation is :class:`uws_core.linalg.spectral.RowScatter` ("samples": float64 Gram (d, d) of the centred
+    The accumulation is :class:`uws_core.linalg.scatter.RowScatter` ("samples": float64 Gram (d, d) of the centred
     stack and the running mean row, Chan et al.'s pairwise update per block of any height). Memory: ``8 d^2`` plus ``16 d^2``
     of eigensolver workspace in :meth:`finalize`. The result equals a dense SVD of the centred stack.
     """

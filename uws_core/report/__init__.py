@@ -9,7 +9,8 @@ from uws_core import lazy_exports
 
 #: module of this package -> the public names it defines (each module's own __all__)
 _API = {
-    "claims": ("CLAIMS", "Claim", "ledger", "load_all", "main", "render_markdown", "write_ledger"),
+    "claims": (
+        "CLAIMS", "CLAIM_TEXT", "Claim", "about", "ledger", "load_all", "main", "render_markdown", "write_ledger"),
     "claims_paper": (
         "NOT_MEASURED", "adaptation_paper", "add_rouge_quality", "compression_quality_paper", "loo_paper",
         "merging_paper", "scale_note"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -23,10 +24,12 @@ from typing import Callable
 from uws_core.report import claims_paper, published
 from uws_core.report.results import results_dir
 
-__all__ = ["Claim", "CLAIMS", "load_all", "ledger", "render_markdown", "write_ledger", "main"]
+__all__ = ["Claim", "CLAIMS", "CLAIM_TEXT", "about", "load_all", "ledger", "render_markdown", "write_ledger", "main"]
 
 HOLDS, FAILS, MIXED, NOT_RUN, NOT_TESTED = "holds", "fails", "mixed", "not run", "not tested at this scale"
 MARGIN = 0.05  # EVR excess over the null that counts as structure, and accuracy points that count as a gain
+#: the fixed text of every ledger row (claim, paper, replication, criterion, source), from claims.toml
+CLAIM_TEXT = tomllib.loads((Path(__file__).resolve().parent / "claims.toml").read_text(encoding="utf-8"))
 
 
 @dataclass
@@ -60,20 +63,33 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def about(name: str, **values) -> dict:
+    """The fixed text of ledger row ``name`` (``claims.toml``) with its ``{fields}`` filled from ``values`` (and
+    ``{margin}`` = :data:`MARGIN`): ``{"claim", "paper", "replication", "criterion", "source"}``."""
+    if name not in CLAIM_TEXT:
+        raise KeyError(f"claims.toml has no row {name!r}; rows: {sorted(CLAIM_TEXT)}")
+    return {field: text.format(margin=MARGIN, **values) for field, text in CLAIM_TEXT[name].items()}
+
+
+def _row(R: dict, name: str, **values) -> tuple[dict, dict | None]:
+    """The fixed text of row ``name`` (:func:`about`) and its notebook's results (None when it has not run)."""
+    base = about(name, **values)
+    return base, _res(R, base["source"])
+
+
+def _not_run(base: dict, ran: bool = False) -> Claim:
+    """The row when its notebook has not run ("not run"), or ran without what the claim needs ("not tested")."""
+    return Claim(ours="-", verdict=NOT_TESTED if ran else NOT_RUN, **base)
+
+
 # ----------------------------------------------------------------------------------------------- claims
 # Each function takes every loaded result file (stem -> payload) and returns one Claim.
 
 def lora_spectra(R: dict) -> Claim:
     pub = published.LORA_SPECTRA["replication"]
-    base = dict(claim="LoRA adapters share a low-rank subspace (~16 directions per layer)",
-                paper="~16 directions; 19x memory",
-                replication=f"top-16 EVR {_pct(pub['top_evr'][16])} vs Gaussian rank-r null {_pct(pub['null_top_evr'][16])}",
-                criterion=f"top-16 EVR above the matched Gaussian null (per-adapter variance) in every module and "
-                          f"view, median excess >= {MARGIN}",
-                source="01_mistral7b_lora_spectra")
-    r = _res(R, base["source"])
+    base, r = _row(R, "lora_spectra", top16=_pct(pub["top_evr"][16]), null16=_pct(pub["null_top_evr"][16]))
     if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
+        return _not_run(base)
     v = r["verdict_k16"]
     trained, null = r["median_top_evr"]["trained"], r["median_top_evr"]["null_per_model"]
     views = ("B@A (model axis, replication)", "A (rows, authors)")
@@ -90,15 +106,9 @@ def _views_verdict(ok: dict[str, bool]) -> str:
 
 
 def _full_model_spectra(R: dict, stem: str, what: str, replication: str) -> Claim:
-    base = dict(claim=f"{what} share a low-rank subspace",
-                paper="most variance in ~16 directions per layer",
-                replication=replication,
-                criterion=f"top-16 EVR above the Gaussian null for every weight type, by >= {MARGIN}, in the authors' "
-                          "rows unfolding and on the model axis (centred); mixed = one view only",
-                source=stem)
-    r = _res(R, stem)
+    base, r = _row(R, "full_model_spectra", what=what, replication=replication, source=stem)
     if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
+        return _not_run(base)
     rows = r["evr_median"]
     excess = {view: min(x["top16"] - x["null16"] for x in rows if x["view"] == view) for view in ("rows", "model")}
     top = {view: min(x["top16"] for x in rows if x["view"] == view) for view in ("rows", "model")}
@@ -116,14 +126,9 @@ def llama_spectra(R: dict) -> Claim:
 
 def random_init(R: dict) -> Claim:
     pub = published.VIT["replication_random_init"]
-    base = dict(claim="Randomly initialised models share a low-rank subspace",
-                paper="500 random-init ViTs share the subspace",
-                replication=f"top-16 EVR {pub['top16_evr']:.4f} vs Marchenko-Pastur {pub['mp_null_top16_evr']:.4f}",
-                criterion="random-init top-16 EVR exceeds the Marchenko-Pastur expectation by >= 0.01 (rows unfolding)",
-                source="07_null_models")
-    r = _res(R, base["source"])
+    base, r = _row(R, "random_init", top16=pub["top16_evr"], mp16=pub["mp_null_top16_evr"])
     if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
+        return _not_run(base)
     t = r["random_init"]["table"]
     got, mp = t["random_init"]["rows"], t["mp"]["rows"]
     n = r["params"].get("N_RANDOM_INIT", "?")
@@ -133,15 +138,9 @@ def random_init(R: dict) -> Claim:
 
 def vit_projection(R: dict) -> Claim:
     pub = published.VIT["paper"]
-    base = dict(claim="Projecting a model onto the top-16 subspace keeps its accuracy (IID and unseen/OOD)",
-                paper=f"unseen ViTs {pub['ood_projected_k16']}% vs {pub['ood_full']}% fully trained",
-                replication="not tested",
-                criterion="projected (k=16) accuracy >= 95% of the full model's for fit and unseen models, and "
-                          f">= {MARGIN:.2f} above both the mean model and a random 16-dim basis",
-                source="02_vit_spectra_and_projection")
-    r = _res(R, base["source"])
+    base, r = _row(R, "vit_projection", ood_k16=pub["ood_projected_k16"], ood_full=pub["ood_full"])
     if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
+        return _not_run(base)
     if not r.get("projection_mean_acc"):
         return Claim(ours="spectra only (no task data at this scale)", verdict=NOT_TESTED, **base)
     acc = {(x["group"], x["how"], x["k"]): x["acc"] for x in r["projection_mean_acc"]}
@@ -164,15 +163,11 @@ _COMPRESSION = {  # population in notebook 06 -> (paper's claim, ratio, paper-sh
 def _compression(R: dict, population: str) -> Claim:
     what, claimed, column, later_key = _COMPRESSION[population]
     later = published.VIT["authors_later_savings_90ev"].get(later_key) if later_key else None
-    base = dict(claim=f"{what}: one basis + coefficients store the population in ~{claimed:.0f}x less memory",
-                paper=f"{claimed:.0f}x" + (" (first and last layer excluded)" if population != "lora" else ""),
-                replication=f"(authors' later code: {_pct(later)} saved at 90% EV)" if later else "not measured",
-                criterion=f"ratio >= {claimed:.0f} (analysed matrices, mean counted) at a k that keeps >= 95% of the "
-                          "models' own accuracy (in-sample)",
-                source="06_compression")
-    r = _res(R, base["source"])
+    base, r = _row(R, "compression", what=what, claimed=claimed,
+                   excluded=" (first and last layer excluded)" if population != "lora" else "",
+                   replication=f"(authors' later code: {_pct(later)} saved at 90% EV)" if later else "not measured")
     if r is None or population not in r["tables"]:
-        return Claim(ours="-", verdict=NOT_RUN if r is None else NOT_TESTED, **base)
+        return _not_run(base, ran=r is not None)
     table = {row["setting"]: dict(row) for row in r["tables"][population]}
     shapes = {row["k"]: row[column] for row in r["paper_shapes"]}
     ev90 = table["90% EV"]
@@ -205,16 +200,10 @@ def llama_compression(R: dict) -> Claim:
 
 def lora_shared_init(R: dict) -> Claim:
     pub = published.LORA_SPECTRA["shared_init"]
-    base = dict(claim="(study of the public LoRAs) the low-dimensional A subspace comes from a shared A init",
-                paper="not discussed",
-                replication=f"{pub['n_shared']} of {pub['n_total']} share one A init: top-16 EVR "
-                            f"{pub['top16_evr_A_shared'][0]}-{pub['top16_evr_A_shared'][1]} vs "
-                            f"{pub['top16_evr_A_rest'][0]}-{pub['top16_evr_A_rest'][1]}",
-                criterion=f"shared-init group's A top-16 EVR above the rest by >= {MARGIN} in the median module",
-                source="07_null_models")
-    r = _res(R, base["source"])
+    base, r = _row(R, "lora_shared_init", n_shared=pub["n_shared"], n_total=pub["n_total"],
+                   shared=pub["top16_evr_A_shared"], rest=pub["top16_evr_A_rest"])
     if r is None or r.get("lora_shared_init") is None:
-        return Claim(ours="-", verdict=NOT_RUN if r is None else NOT_TESTED, **base)
+        return _not_run(base, ran=r is not None)
     m = r["lora_shared_init"]["median"]
     ok = m["shared"] - m["rest_mean"] >= MARGIN
     return Claim(ours=f"{m['shared']:.3f} vs {m['rest_mean']:.3f} +- {m['rest_std']:.3f} (n={r['lora_shared_init']['n']} each)",
@@ -227,7 +216,7 @@ def _laptop_result(R: dict, base: dict, needed: str, without: str, paper: Callab
     run, the paper-scale claim ``paper(results)``, or not tested (``without`` says what the results hold)."""
     r = _res(R, base["source"])
     if r is None:
-        return None, Claim(ours="-", verdict=NOT_RUN, **base)
+        return None, _not_run(base)
     if R[base["source"]].get("scale") == "paper":
         return None, Claim(**paper(r), **base)
     if not r.get(needed):
@@ -237,13 +226,7 @@ def _laptop_result(R: dict, base: dict, needed: str, without: str, paper: Callab
 
 def lora_loo(R: dict) -> Claim:
     pub = published.LORA_LOO["replication"]
-    base = dict(claim="Adapters of unseen tasks projected onto the subspace of the others keep their function",
-                paper="reconstructed LoRAs keep ROUGE-L IID and OOD (values not public)",
-                replication=f"base {pub['base']}%, own {pub['own']}%, mean of others {pub['mean_only'][0]}-"
-                            f"{pub['mean_only'][1]}%, mean + k16 {pub['mean_plus_k16'][0]}-{pub['mean_plus_k16'][1]}%",
-                criterion="held-out adapters rebuilt at k = 16 keep >= 50% of the own adapter's gain over the base "
-                          "(either recipe), leave-one-out over all tasks",
-                source="08_lora_functional_loo")
+    base = about("lora_loo", base=pub["base"], own=pub["own"], mean_only=pub["mean_only"], k16=pub["mean_plus_k16"])
     r, early = _laptop_result(R, base, "accuracy_mean_pct", "weight-space errors only", claims_paper.loo_paper)
     if early is not None:  # not run, ROUGE-L on the IID and OOD tasks at paper scale, or weight space only
         return early
@@ -260,13 +243,9 @@ def lora_loo(R: dict) -> Claim:
 
 def merging(R: dict) -> Claim:
     pub, rep = published.MERGING["paper"], published.MERGING["replication"]
-    base = dict(claim="Merging in the universal subspace beats other merging methods",
-                paper=f"subspace {pub['subspace']} vs KnOTS-TIES {pub['knots_ties']}, individual {pub['individual']}",
-                replication=f"mean {rep['mean']} = subspace {rep['subspace']}, TIES@0.2 {rep['ties_d0.2']}, "
-                            f"TA {rep['task_arithmetic']}, individual {rep['individual']}",
-                criterion="8-task subspace merge (k = 16) >= 2 points above the best of mean, task arithmetic, TIES, "
-                          "DARE and KnOTS-TIES, in every population",
-                source="04_merging")
+    base = about("merging", subspace=pub["subspace"], knots_ties=pub["knots_ties"], individual=pub["individual"],
+                 rep_mean=rep["mean"], rep_subspace=rep["subspace"], rep_ties=rep["ties_d0.2"],
+                 rep_ta=rep["task_arithmetic"], rep_individual=rep["individual"])
     r, early = _laptop_result(R, base, "summary_n8", "weight-space merges only", claims_paper.merging_paper)
     if early is not None:  # not run, ROUGE-L of the merges on the merged tasks at paper scale, or weights only
         return early
@@ -283,16 +262,10 @@ def merging(R: dict) -> Claim:
 
 def adaptation(R: dict) -> Claim:
     rep = published.ADAPTATION["replication_k16"]
-    base = dict(claim="Training only coefficients on the frozen subspace adapts a model to new tasks",
-                paper="~10K coefficients instead of 86M (ViT); accuracies not public in readable form",
-                replication=f"k=16: LoRA {rep['lora_r16']}, subspace + mean {rep['subspace_plus_mean']}, basis only "
-                            f"{rep['basis_only']}, base {rep['base']}",
-                criterion="held-out ViT tasks: top-16 basis (+ mean) >= 2 points above a random 16-dim basis with the "
-                          "same trainable count, and within 2 points of a LoRA of rank 16",
-                source="05_subspace_adaptation")
-    r = _res(R, base["source"])
+    base, r = _row(R, "adaptation", lora_r16=rep["lora_r16"], subspace_plus_mean=rep["subspace_plus_mean"],
+                   basis_only=rep["basis_only"], base=rep["base"])
     if r is None:
-        return Claim(ours="-", verdict=NOT_RUN, **base)
+        return _not_run(base)
     if R[base["source"]].get("scale") == "paper":  # ROUGE-L of coefficients trained on Mistral-7B's OOD tasks
         return Claim(**claims_paper.adaptation_paper(r), **base)
     if not r.get("vit_summary"):

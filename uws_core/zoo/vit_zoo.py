@@ -45,16 +45,22 @@ FORMAT_VERSION = 1  # bump when the training code changes what a config produces
 
 @dataclass(frozen=True)
 class VitZooConfig:
-    """Everything that determines the populations (its hash names the cache directory)."""
+    """Everything that determines the populations (its hash names the cache directory).
+
+    The model fields come first: a small ViT (:mod:`uws_core.zoo.vit_model`) on 4 x 4 patches of the 8 x 8 digits
+    (16 x 16 patches in ViT-B/16).
+    """
 
     hidden_size: int = 64
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 128
     patch_size: int = 4
+    # --- data and seeds: one held-out split of every task; ``seed`` drives initialisations and minibatches
     test_fraction: float = 0.3
     split_seed: int = 0
     seed: int = 0
+    # --- training: the base, then the fine-tunes, untrained copies and from-scratch models of the plan
     batch_size: int = 64
     group_size: int = 16            # models trained together by the batched forward
     warmup_frac: float = 0.1
