@@ -24,7 +24,8 @@ class RowScatter:
 
     Kernel: on CPU outside the laptop populations' numerical pin (paper scale, the ``uws`` command) each update
     is one BLAS ``dsyrk`` into the lower triangle of the Gram, in place (OpenBLAS through SciPy: half the flops
-    of torch's ``addmm`` and 1.2-1.4x its time at paper shapes, docs/paper_scale.md section 2b); under the pin
+    of torch's ``addmm``; 100.8 against 46.5 GFLOP/s GEMM-equivalent at one thread for X (1024, 3584),
+    benchmarks/streaming_results.md); under the pin
     (:func:`uws_core.linalg.numerics.is_pinned`: laptop notebooks) and on CUDA, torch's ``addmm_``, whose bits
     the pin keeps equal across CPUs. Read the Gram with :meth:`full_gram` (it fills the upper triangle once).
     """
