@@ -65,3 +65,15 @@ def test_pinned_process_keeps_torch_kernel():
     g = torch.zeros(3, 3, dtype=torch.float64)
     assert use_syrk(g) is (not numerics.is_pinned())
     assert not use_syrk(g.float())
+
+
+@pytest.mark.parametrize("d, block", [(1, 4), (7, 3), (9, 9), (10, 4)])
+def test_symmetrize_from_lower_in_place_by_blocks(d, block):
+    from uws_core.linalg.scatter import symmetrize_from_lower_
+
+    g = torch.from_numpy(np.random.default_rng(d).standard_normal((d, d)))
+    want = torch.tril(g) + torch.tril(g, -1).T
+    ptr = g.data_ptr()
+    out = symmetrize_from_lower_(g, block=block)
+    assert out.data_ptr() == ptr
+    torch.testing.assert_close(g, want, rtol=0, atol=0)

@@ -33,7 +33,7 @@ _API = {
         "SOURCES", "authors_figure_evr", "authors_pca", "authors_pca_evr", "authors_pca_lora",
         "authors_pca_n_components", "authors_subspace", "global_std", "lora_uncentred_norm_sq", "product_scaling",
         "replication", "replication_null", "replication_recon_errors"),
-    "scatter": ("RowScatter", "USE_SYRK_ON_CPU", "syrk_lower_update", "use_syrk"),
+    "scatter": ("RowScatter", "USE_SYRK_ON_CPU", "symmetrize_from_lower_", "syrk_lower_update", "use_syrk"),
     "spectral": (
         "NonFiniteWeightError", "ShapeMismatchError", "Spectrum", "StreamingSpectrum", "center_stack", "stack_spectrum",
         "unfold"),
