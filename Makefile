@@ -49,6 +49,9 @@ bench: setup
 	$(PY) benchmarks/bench_lora_subspace.py
 	$(PY) benchmarks/bench_streaming.py
 	$(PY) benchmarks/bench_paper_shapes.py
+	$(PY) -m benchmarks.bench_eigensolvers --out benchmarks/eigensolvers_results_2threads.json
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m benchmarks.bench_eigensolvers --out benchmarks/eigensolvers_results_1thread.json
+	$(PY) -m benchmarks.bench_nb01_key --out benchmarks/nb01_key_results.json
 
 # Developers: re-execute the committed notebooks in place at laptop scale (what CI checks).
 notebooks: setup

@@ -45,3 +45,13 @@ def test_streaming_bench_quick_mode_times_the_kernels_the_code_uses(tmp_path):
     assert set(data["measured"]["eig"]["torch_eigvalsh_seconds"]) == set(data["measured"]["eig"]["seconds"])
     md = (tmp_path / "streaming_results.md").read_text()
     assert "syrk (best of 3) (the kernel used)" in md and "two-stage" in md
+
+
+def test_nb01_key_bench_times_both_shapes(tmp_path):
+    """bench_nb01_key on 3 tiny-N adapters: both shape classes timed through notebook 01's views and nulls."""
+    from benchmarks.bench_nb01_key import time_keys
+    from benchmarks.bench_paper_shapes import write_adapters
+
+    write_adapters(tmp_path, 3, 1)
+    per_key = time_keys(tmp_path)
+    assert set(per_key) == {"k_proj", "q_proj"} and all(t > 0 for t in per_key.values())

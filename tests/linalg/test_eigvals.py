@@ -65,12 +65,26 @@ def test_missing_library_falls_back(monkeypatch):
     assert np.array_equal(symmetric_eigvals(big), scipy.linalg.eigh(big, eigvals_only=True, driver="evd"))
 
 
+def test_two_stage_float32_and_forced_order():
+    from uws_core.linalg.eigvals import two_stage_eigvals
+
+    g = _gram(40, 60, seed=7)  # below TWO_STAGE_MIN_N: forced through the two-stage routine all the same
+    ref = scipy.linalg.eigh(g, eigvals_only=True)
+    assert np.abs(two_stage_eigvals(g) - ref).max() < 1e-12 * np.trace(g)
+    w32 = two_stage_eigvals(g.astype(np.float32), dtype=np.float32)
+    assert w32.dtype == np.float32 and 0 < np.abs(w32 - ref).max() / np.trace(g) < 1e-5
+
+
 def test_rejects_non_square():
     with pytest.raises(ValueError, match="square"):
         symmetric_eigvals(np.zeros((3, 4)))
 
 
-def test_eigh_descending_uses_it_for_values():
+def test_eigh_descending_uses_it_for_values(monkeypatch):
+    import uws_core.linalg.subspace as subspace
+
+    calls = []
+    monkeypatch.setattr(subspace, "symmetric_eigvals", lambda m: calls.append(m.shape) or symmetric_eigvals(m))
     g = torch.from_numpy(_gram(TWO_STAGE_MIN_N, 1100, seed=4))
     vals, vecs = eigh_descending(g, 0)
     assert vecs is None
@@ -78,6 +92,9 @@ def test_eigh_descending_uses_it_for_values():
     assert np.abs(vals - ref).max() / float(torch.trace(g)) < 1e-13
     vals5, vecs5 = eigh_descending(g, 5)
     np.testing.assert_array_equal(vals5, vals)
+    assert calls == [(TWO_STAGE_MIN_N, TWO_STAGE_MIN_N)] * 2  # the two-stage path, not torch's eigvalsh
+    eigh_descending(torch.from_numpy(_gram(64, 80)), 0)
+    assert len(calls) == 2  # below TWO_STAGE_MIN_N: torch, as the laptop notebooks always ran
     # the top-5 vectors are eigenvectors of the returned values
     resid = g @ vecs5 - vecs5 * torch.from_numpy(vals5[:5].copy())
     assert float(resid.norm(dim=0).max()) < 1e-8 * float(torch.trace(g))

@@ -12,7 +12,7 @@ from uws_core import lazy_exports
 _API = {
     "conventions": ("CENTERS", "DEFAULT_SCALING", "RECIPES", "SCALINGS", "UNFOLDINGS"),
     "device": ("ACCUM_DTYPE", "as_tensor", "pick_device"),
-    "eigvals": ("EIGVALS_ENV", "TWO_STAGE_MIN_N", "symmetric_eigvals", "two_stage_available"),
+    "eigvals": ("EIGVALS_ENV", "TWO_STAGE_MIN_N", "symmetric_eigvals", "two_stage_available", "two_stage_eigvals"),
     "factored_spectra": (
         "center_rows", "factored_lora_spectra", "factored_product_spectrum", "product_feature_gram",
         "product_feature_spectrum", "stacked_rows_spectrum", "uses_small_gram"),

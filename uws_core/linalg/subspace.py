@@ -196,8 +196,9 @@ def _top_eigvecs_by_iteration(gram: torch.Tensor, vals: np.ndarray, k: int, tol:
 
 def _eigvals_descending(gram: torch.Tensor) -> np.ndarray:
     """All eigenvalues of a symmetric matrix, descending: two-stage LAPACK on CPU float64 from d = TWO_STAGE_MIN_N
-    (:mod:`uws_core.linalg.eigvals`), else ``torch.linalg.eigvalsh``. At d = 4096 on the 2-core machine: 3.8 s
-    against torch's (MKL, unpinned) 4.8 s at one thread, 2.4 s against 2.3 s at two; under the laptop pin MKL's
+    (:mod:`uws_core.linalg.eigvals`), else ``torch.linalg.eigvalsh``. At d = 4096 on the 2-core machine: 4.17 s
+    against torch's (MKL, unpinned) 4.15 s at one thread, 2.67 s against 3.01 s at two
+    (benchmarks/eigensolvers_results_*.md); under the laptop pin MKL's
     ran 2.8x slower (docs/paper_scale.md, section 2b)."""
     if gram.device.type == "cpu" and gram.dtype == torch.float64 and gram.shape[0] >= TWO_STAGE_MIN_N:
         return symmetric_eigvals(gram.numpy())[::-1].copy()
