@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (benchmarks/results.md); passive waiting costs nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup populations fingerprints reproduce test unit nbval bench notebooks lab site clean
+.PHONY: setup populations fingerprints bases-check reproduce test unit nbval bench notebooks lab site clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ populations: setup
 fingerprints: setup
 	$(PY) -m uws_core.zoo.populations --workers 2 --record
 	$(PY) -m uws_core.zoo.populations --tiny --record
+
+# Developers: retrain the shipped pretrained bases (uws_core/zoo/pretrained/) and compare them file by file (sha256)
+# with the shipped copies; `python -m uws_core.zoo.retrain_bases --write` replaces them after a meant change.
+bases-check: setup
+	$(PY) -m uws_core.zoo.retrain_bases --check
 
 # Populations and notebooks in one schedule: each notebook starts once the populations it reads are built.
 reproduce: setup

@@ -17,12 +17,17 @@ _API = {
     "llama_tasks": (
         "DOMAINS", "TASK_GROUPS", "examples_of", "finetune_plan", "language_map", "translate", "translate_examples",
         "verify_examples"),
-    "llama_zoo": ("LlamaPopulation", "LlamaZooConfig", "build_llama_population", "unseen_finetune"),
+    "llama_zoo": (
+        "LlamaPopulation", "LlamaZooConfig", "base_key", "build_llama_population", "trained_base", "unseen_finetune"),
     "lora_zoo": ("LoraPopulation", "LoraPopulationConfig", "build_lora_population", "code_digest"),
     "lr_schedule": ("warmup_cosine", "warmup_cosine_factor", "warmup_cosine_to_tenth"),
     "populations": (
         "KINDS", "SEEDS", "build", "build_all", "config_for", "fingerprint_tiny", "main", "population_names"),
+    "pretrained": (
+        "PRETRAINED_ROOT", "TRAIN_ENV", "copy_shipped_base", "shipped_base", "shipped_names", "shipped_or_trained",
+        "train_requested"),
     "progress": ("bar", "enabled", "labelled", "set_slot"),
+    "retrain_bases": ("check", "write"),
     "task_operations": (
         "INPUT_FORMATS", "OPERATIONS", "OUTPUT_FORMATS", "Operation", "exact_match", "format_input", "format_output"),
     "tasks": ("BaseMixture", "CharTokenizer", "Example", "Task", "make_tasks", "task_combinations"),

@@ -5,7 +5,10 @@ a base of the same architecture at toy size (grouped-query attention 4 : 2 heads
 SwiGLU MLP gate/up/down, RMSNorm, untied head; default hidden 64, 2 layers, MLP 160), trained by our code:
 
 1. the base is instruction-tuned on the generated tasks of :mod:`uws_core.zoo.tasks` (canonical formats plus part
-   of the other format combinations, :class:`uws_core.zoo.tasks.BaseMixture`), in English only;
+   of the other format combinations, :class:`uws_core.zoo.tasks.BaseMixture`), in English only, and cached on its
+   own (``<cache>/llama_base_<hash of the base's fields>/``, :func:`trained_base`); the default configs' bases
+   ship with the repository (:mod:`uws_core.zoo.pretrained`: copied, not trained, bit for bit what this code
+   trains; ``UWS_TRAIN_BASES=1`` trains them);
 2. ``n_finetunes`` full fine-tunes (every parameter, embeddings and norms included) start from it, each on
    the tasks of :func:`uws_core.zoo.llama_tasks.finetune_plan` (instruction mix, one domain, a mix in a remapped
    alphabet, or verifier tasks), with its own seed, learning rate and step count; all are trained together
@@ -37,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from uws_core.zoo import llama_tasks, tinylm
+from uws_core.zoo import llama_tasks, pretrained, tinylm
 from uws_core.zoo import progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.linalg.numerics import compute_settings
@@ -45,9 +48,9 @@ from uws_core.zoo.llama_model import (MATRIX_TYPES, evaluate_models, init_state,
                                   llama_config, llama_logits, load_state, save_llama, train_models)
 from uws_core.zoo.tasks import BaseMixture, CharTokenizer, make_tasks
 
-__all__ = ["LlamaZooConfig", "LlamaPopulation", "build_llama_population", "llama_config", "init_state",
-           "llama_logits", "train_models", "evaluate_models", "save_llama", "load_state", "unseen_finetune",
-           "MATRIX_TYPES"]
+__all__ = ["LlamaZooConfig", "LlamaPopulation", "build_llama_population", "base_key", "trained_base",
+           "llama_config", "init_state", "llama_logits", "train_models", "evaluate_models", "save_llama",
+           "load_state", "unseen_finetune", "MATRIX_TYPES"]
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1  # bump when the files or the training code (uws_core.zoo.llama_model) change meaning
@@ -188,19 +191,48 @@ class LlamaPopulation:
             return evaluate_models(states, [self.examples(n, split) for n in names], self.config, tok=self.tokenizer)
 
 
-def _build(cfg: LlamaZooConfig, out: Path) -> dict:
+#: the config fields that determine the base model (populations differing only in the others share it)
+BASE_FIELDS = ("n_tasks", "task_seed", "n_train", "n_val", "n_test", "hidden_size", "num_layers", "num_heads",
+               "num_kv_heads", "intermediate_size", "rope_theta", "base_seed", "base_steps", "base_batch_size",
+               "base_lr", "base_format_fraction", "num_threads")
+
+
+def base_key(cfg: LlamaZooConfig) -> str:
+    """The base model's cache name: :func:`uws_core.weights.cache.config_digest` of :data:`BASE_FIELDS`."""
+    return config_digest({"what": "llama-base", **{f: getattr(cfg, f) for f in BASE_FIELDS}}, FORMAT_VERSION)
+
+
+def trained_base(cfg: LlamaZooConfig, cache_root: Path) -> Path:
+    """The instruction-tuned base of ``cfg`` in ``<cache_root>/llama_base_<base_key>/`` (config.json +
+    model.safetensors), copied from the repository's shipped base of that key (:mod:`uws_core.zoo.pretrained`)
+    or trained here: instruction tuning on the canonical formats and part of the other combinations, English
+    only (:class:`uws_core.zoo.tasks.BaseMixture`, :func:`uws_core.zoo.tinylm.train_base`)."""
+    def train(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        tok = CharTokenizer()
+        model = seeded_llama_model(cfg, tok.vocab_size, cfg.base_seed)
+        mixture = BaseMixture(_make_tasks(cfg), seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
+        with compute_settings(cfg.num_threads), \
+                progress_bars.bar(cfg.base_steps, "base steps", level=1) as bar:
+            losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
+                                       warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
+        save_llama({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp, cfg)
+        return {"base_final_train_loss": float(np.mean(losses[-max(1, cfg.base_steps // 10):])),
+                "base_train_s": time.perf_counter() - t0}
+
+    return pretrained.shipped_or_trained(cache_root, f"llama_base_{base_key(cfg)}", FORMAT_VERSION, train)
+
+
+def _build(cfg: LlamaZooConfig, out: Path, cache_root: Path) -> dict:
     timings, t0 = {}, time.perf_counter()
     cpu0 = time.process_time()
     tok = CharTokenizer()
     tasks = _make_tasks(cfg)
     by_name = {t.name: t for t in tasks}
-    # --- base: instruction tuning on the canonical formats and part of the other combinations (English)
-    model = seeded_llama_model(cfg, tok.vocab_size, cfg.base_seed)
-    mixture = BaseMixture(tasks, seed=cfg.base_seed, format_fraction=cfg.base_format_fraction)
-    with progress_bars.bar(cfg.base_steps, "base steps", level=1) as bar:
-        base_losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
-                                        warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
-    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # --- base: trained once per BASE_FIELDS (or shipped) and read back from its cache, as the LoRA base
+    base_root = trained_base(cfg, cache_root)
+    base = load_state(base_root)
+    base_info = read_info(base_root)
     timings["base_train_s"] = time.perf_counter() - t0
     # --- full fine-tunes, all at once
     t = time.perf_counter()
@@ -235,7 +267,7 @@ def _build(cfg: LlamaZooConfig, out: Path) -> dict:
     return {"config": cfg.to_dict(), "digest": cfg.digest(), "format": FORMAT_VERSION, "timings_s": timings,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "vocab_size": tok.vocab_size, "tokenizer_chars": tok.chars,
-            "base_final_train_loss": float(np.mean(base_losses[-max(1, cfg.base_steps // 10):])),
+            "base_final_train_loss": base_info["base_final_train_loss"], "base_key": base_key(cfg),
             "summary": {"n_finetunes": len(plan), "n_unseen": int(sum(unseen)),
                         "mean_test_acc": float(test_acc.mean()), "mean_base_test_acc": float(base_acc.mean())}}
 
@@ -256,6 +288,6 @@ def build_llama_population(config: LlamaZooConfig | None = None,
 
     def build(tmp: Path) -> dict:
         with compute_settings(cfg.num_threads):  # transformers' bars off too
-            return _build(cfg, tmp)
+            return _build(cfg, tmp, final.parent.parent)
 
     return LlamaPopulation(build_cached(final, build, FORMAT_VERSION), cfg)

@@ -7,7 +7,9 @@ Mistral-7B-Instruct, one per Natural Instructions task) at a size that builds in
    :mod:`uws_core.zoo.tasks` in its canonical format and in part of the format combinations that are no LoRA
    task's (:class:`uws_core.zoo.tasks.BaseMixture`): good at some LoRA tasks, near zero on others. It is
    cached on its own (``<cache>/lora_base_<hash of the base's fields>/``, :func:`trained_base`), so the
-   seed replicates of the population (other ``seed``, same ``base_seed``) retrain only the adapters;
+   seed replicates of the population (other ``seed``, same ``base_seed``) retrain only the adapters; the
+   default config's base ships with the repository (:mod:`uws_core.zoo.pretrained`: copied, not trained,
+   bit for bit what this code trains; ``UWS_TRAIN_BASES=1`` trains it);
 2. ``n_tasks`` LoRAs (q/k/v, rank 8, alpha 16: the public adapters' scaling alpha / r = 2.0 at half their
    rank) are trained together by :class:`uws_core.zoo.tinylm.MultiLora`; ~39% of them (197 of 500 in the
    public set) start from one shared random A, the others from their own init seeds;
@@ -45,7 +47,7 @@ from uws_core.zoo import tasks as tasks_mod
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
 from uws_core.linalg.numerics import compute_settings, kernel_report
 from uws_core.zoo import progress as progress_bars
-from uws_core.zoo import tinylm
+from uws_core.zoo import pretrained, tinylm
 
 __all__ = ["LoraPopulationConfig", "LoraPopulation", "build_lora_population", "default_cache_dir", "code_digest"]
 
@@ -266,8 +268,9 @@ def base_key(cfg: LoraPopulationConfig) -> str:
 def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = False) -> Path:
     """The instruction-tuned base of ``cfg`` in ``<cache_root>/lora_base_<base_key>/`` (trained once, verified by
     :mod:`uws_core.weights.cache`): populations that differ only in their adapter seed share it bit for bit, and the
-    most expensive step of a build (about two thirds of it) runs once."""
-    def build(tmp: Path) -> dict:
+    most expensive step of a build (about two thirds of it) runs once, or never where the repository ships the
+    base of this key (:mod:`uws_core.zoo.pretrained`: the files are copied)."""
+    def train(tmp: Path) -> dict:
         t0 = time.perf_counter()
         tok = tasks_mod.CharTokenizer()
         mcfg = tinylm.mistral_config(tok.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
@@ -283,7 +286,7 @@ def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = F
         return {"base_final_loss": float(np.mean(losses[-max(1, cfg.base_steps // 10):])),
                 "base_train_s": time.perf_counter() - t0}
 
-    return build_cached(Path(cache_root) / f"lora_base_{base_key(cfg)}", build, FORMAT_VERSION)
+    return pretrained.shipped_or_trained(cache_root, f"lora_base_{base_key(cfg)}", FORMAT_VERSION, train)
 
 
 def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Path) -> None:
