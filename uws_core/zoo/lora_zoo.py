@@ -282,7 +282,7 @@ def trained_base(cfg: LoraPopulationConfig, cache_root: Path, progress: bool = F
             torch.manual_seed(cfg.base_seed)
             losses = tinylm.train_base(model, mixture, tok, cfg.base_steps, cfg.base_batch_size, cfg.base_lr,
                                        warmup=min(100, cfg.base_steps // 10 + 1), progress=bar)
-        model.save_pretrained(tmp)
+            model.save_pretrained(tmp)  # inside compute_settings: no "Writing model shards" bar
         return {"base_final_loss": float(np.mean(losses[-max(1, cfg.base_steps // 10):])),
                 "base_train_s": time.perf_counter() - t0}
 
