@@ -155,3 +155,30 @@ def test_kernels_use_the_ipc_transport_and_do_not_warn_about_tcp(tmp_path, capfd
     reproduce.execute_inplace(path, timeout=120)
     assert nbformat.read(path, as_version=4).cells[0].outputs[0].text == "42\n"
     assert "without encryption" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["inplace", "papermill"])
+def test_kernels_keep_their_own_log_off_the_terminal(how, tmp_path, capfd, monkeypatch):
+    """A kernel's own ERROR log line (such as "KeyboardInterrupt caught in kernel." when a shutdown's SIGINT meets a
+    message still being handled) does not reach the terminal; the notebook's outputs still do reach the notebook.
+    Negative control: the same kernel started without KERNEL_ARGUMENTS prints the line."""
+    nb = new_notebook()
+    nb.cells.append(new_code_cell("from ipykernel.kernelapp import IPKernelApp\n"
+                                  "IPKernelApp.instance().log.error('uws-kernel-log-line')\nprint(6 * 7)"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setattr(reproduce, "results_dir", lambda: tmp_path / "results")
+
+    def run():
+        if how == "inplace":
+            reproduce.execute_inplace(path, timeout=120)
+            return nbformat.read(path, as_version=4)
+        return nbformat.read(reproduce.execute_to_results(path, timeout=120), as_version=4)
+
+    out = run()
+    assert [o.get("text") for o in out.cells[0].outputs if o.output_type == "stream"] == ["42\n"]
+    assert "uws-kernel-log-line" not in capfd.readouterr().err
+    monkeypatch.setattr(reproduce, "KERNEL_ARGUMENTS", [])
+    run()
+    assert "uws-kernel-log-line" in capfd.readouterr().err

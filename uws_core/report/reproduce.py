@@ -71,13 +71,21 @@ def kernel_config():
                                      "ip": os.path.join(tempfile.gettempdir(), f"uws-kernel-{uuid.uuid4().hex[:12]}")}})
 
 
+#: command-line arguments of every kernel that reproduce starts: the kernel's own log (ipykernel's, not the notebook's
+#: outputs or errors, which nbclient reports) from CRITICAL up. Every shutdown starts with a SIGINT
+#: (jupyter_client ``KernelManager.shutdown_kernel``: interrupt, then shutdown_request); a kernel still finishing a
+#: message then logged "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel." to the terminal (once in the
+#: cold ``make reproduce`` of 2026-12-07 23:04 UTC, after 04_merging, which had passed): noise to a reader.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+
 def execute_inplace(path: Path, timeout: int | None = 1800) -> None:
     """Execute one notebook in its own directory and write it back with clean metadata."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", config=kernel_config(),
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+                   extra_arguments=KERNEL_ARGUMENTS, resources={"metadata": {"path": str(path.parent)}}).execute()
     nbformat.write(clean_metadata(nb), path)
 
 
@@ -88,7 +96,8 @@ def execute_to_results(path: Path, timeout: int | None = 1800) -> Path:
     out = results_dir() / "executed" / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(str(path), str(out), cwd=str(path.parent), kernel_name="python3",
-                        execution_timeout=timeout, progress_bar=False, config=kernel_config())
+                        execution_timeout=timeout, progress_bar=False, config=kernel_config(),
+                        extra_arguments=KERNEL_ARGUMENTS)
     return out
 
 
