@@ -1,10 +1,10 @@
 """The laptop populations' pretrained bases, shipped with the repository instead of trained on every clone.
 
 The paper's populations are fine-tunes of a downloaded base (Mistral-7B, ViT-B, Llama-3-8B). Ours are
-fine-tunes of small bases that our own code pretrains (:func:`uws_core.zoo.lora_zoo.trained_base`, the base
-step of :func:`uws_core.zoo.llama_zoo._build`); that pretraining was the single most expensive step of a
-fresh ``make test`` (the LoRA base about 300 s of CPU, each Llama base about 60 s, of about 1700 s for all
-populations). The bases trained under the pinned numerics (:mod:`uws_core.linalg.numerics`) are therefore
+fine-tunes of small bases that our own code pretrains (:func:`uws_core.zoo.lora_zoo.trained_base`,
+:func:`uws_core.zoo.llama_zoo.trained_base`); that pretraining was the single most expensive step of a
+fresh ``make test`` (retrained on 2026-12-07: the LoRA base 239 s, the two Llama bases 44 and 51 s, of about
+1700 CPU-seconds for all populations). The bases trained under the pinned numerics (:mod:`uws_core.linalg.numerics`) are therefore
 shipped in ``uws_core/zoo/pretrained/<kind>_base_<key>/``: the very files the builder writes (config.json,
 model.safetensors, ...) and the cache manifest ``complete.json`` (sha256 of each file, the builder's info).
 A population build copies a shipped base when one exists for its key and trains it otherwise:
@@ -13,12 +13,14 @@ A population build copies a shipped base when one exists for its key and trains 
   the fields, the format version, the numerics profile, the torch and transformers versions), so another
   config, ``UWS_NATIVE_KERNELS=1`` or another torch trains its own base;
 - ``UWS_TRAIN_BASES=1`` trains every base even where one is shipped (:func:`train_requested`);
-- ``python -m uws_core.zoo.retrain_bases --check`` (``make bases-check``) retrains every shipped base in a temporary cache and compares
-  the files' sha256 with the shipped ones (``[match]``): the shipped files are what the code trains, bit for bit;
-  ``--write`` (developers, after a change meant to change a base) trains them and replaces the shipped copies.
+- ``python -m uws_core.zoo.retrain_bases --check`` (``make bases-check``) retrains every shipped base in a
+  temporary cache and compares the files' sha256 with the shipped ones (``[match]``): the shipped files are what
+  the code trains, bit for bit; ``--write`` (developers, after a change meant to change a base) trains them and
+  replaces the shipped copies.
 
-The tiny test presets have no shipped base: the unit tests keep training bases (tests/test_fingerprints.py builds
-them under two CPU capabilities).
+The tiny test presets have no shipped base: the unit tests keep training bases (tests/weights/test_fingerprints.py
+builds them under two CPU capabilities; tests/zoo/test_pretrained.py builds a tiny population from a trained and
+from a shipped base and compares the fingerprints).
 """
 
 from __future__ import annotations
