@@ -9,8 +9,9 @@ spectrum needs. It is in the reference LAPACK that SciPy's wheels bundle (scipy-
 ``scipy_LAPACKE_dsyevd_2stage`` (or ``LAPACKE_dsyevd_2stage`` in a system OpenBLAS), but SciPy's Python
 wrappers do not expose it, so it is called through ``ctypes`` (LAPACKE, column-major, lower triangle). The
 timings against ``scipy.linalg.eigh(..., driver="evd")`` and torch's ``eigvalsh`` at the real shapes, and the
-EVR error of float32, are in benchmarks/eigensolvers_results.md (``benchmarks/bench_eigensolvers.py``); the
-eigenvalues agree with the one-stage driver to round-off (tests/linalg/test_eigvals.py).
+EVR error of float32, are in benchmarks/eigensolvers_results_1thread.md and _2threads.md
+(``benchmarks/bench_eigensolvers.py``); the eigenvalues agree with the one-stage driver to round-off
+(tests/linalg/test_eigvals.py).
 
 When the library or the symbol is not there (another BLAS, a SciPy built against Accelerate or MKL), or for
 ``n < TWO_STAGE_MIN_N`` (where the band stage does not pay and the laptop notebooks keep their bits), the

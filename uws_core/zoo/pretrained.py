@@ -25,14 +25,12 @@ from a shipped base and compares the fingerprints).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from uws_core.weights import safe_paths
 from uws_core.weights.cache import MANIFEST, build_cached, read_info, verify_cache_dir
 
 __all__ = ["PRETRAINED_ROOT", "TRAIN_ENV", "train_requested", "shipped_base", "copy_shipped_base",
@@ -73,15 +71,11 @@ def shipped_base(name: str, format_version: int, root: Path | None = None) -> Pa
 
 
 def copy_shipped_base(src: Path, dst: Path) -> dict:
-    """Copy the files that ``src/complete.json`` lists into the empty build directory ``dst`` (each path checked to
-    stay inside ``dst``); returns the builder's info recorded there, with ``"shipped": <src name>`` added."""
-    src, dst = Path(src), Path(dst)
-    manifest = json.loads((src / MANIFEST).read_text())
-    for rel in manifest["files"]:
-        target = safe_paths.contained(dst, rel, str(dst))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(safe_paths.contained(src, rel, str(src)), target)
-    return {**read_info(src), "shipped": src.name}
+    """Copy a shipped base ``src`` (verified by :func:`shipped_base`: exactly the files its manifest lists, no link)
+    into the build directory ``dst``, the manifest left out (the cache writes its own); returns the builder's info
+    recorded there, with ``"shipped": <src name>`` added."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True)
+    return {**read_info(src), "shipped": Path(src).name}
 
 
 def shipped_or_trained(cache_root: Path, name: str, format_version: int, train: Callable[[Path], dict]) -> Path:
