@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # (benchmarks/results.md); passive waiting costs nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup populations fingerprints bases-check reproduce test unit nbval bench notebooks lab site clean
+.PHONY: setup populations fingerprints bases-check native-check reproduce test unit nbval bench notebooks lab site clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,15 @@ fingerprints: setup
 # with the shipped copies; `python -m uws_core.zoo.retrain_bases --write` replaces them after a meant change.
 bases-check: setup
 	$(PY) -m uws_core.zoo.retrain_bases --check
+
+# Reviewers: another machine's bits, checked on this one. The populations are built again without the numerics pin
+# (UWS_NATIVE_KERNELS=1: this CPU's own kernels, other weights; cached apart by profile), nbval runs the notebooks
+# on them with their results in results/native/, and every claim's verdict is set beside make reproduce's
+# (results/; run it first): exit status 1 if a checked output or a verdict moves. About 16 minutes on 2 cores.
+native-check: setup
+	UWS_NATIVE_KERNELS=1 $(PY) -m uws_core.zoo.populations --workers 2
+	UWS_NATIVE_KERNELS=1 UWS_RESULTS=results/native $(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider -n 2 --dist loadfile
+	$(PY) -m uws_core.report.ledger_diff results results/native --out results/native/verdicts.md
 
 # Populations and notebooks in one schedule: each notebook starts once the populations it reads are built.
 reproduce: setup

@@ -15,6 +15,9 @@ _API = {
         "NOT_MEASURED", "adaptation_paper", "add_rouge_quality", "compression_quality_paper", "loo_paper",
         "merging_paper", "scale_note"),
     "lab": ("DISPLAY_NAME", "KERNELSPEC", "KERNEL_NAME", "set_kernelspec"),
+    "ledger_diff": (
+        "SpreadPair", "VerdictPair", "compare_ledgers", "compare_seed_spreads", "render", "render_spreads",
+        "seed_spreads"),
     "notebook_map": ("notebook_calls", "render_map"),
     "paper_scale_checks": (
         "PHASE1_KS", "compare_with_phase1_report", "phase1_verdict", "replication_adapter_ids",
