@@ -10,17 +10,41 @@ import pytest
 
 from uws_core.weights.cache import MANIFEST, CacheError, read_info
 from uws_core.weights.fingerprints import population_fingerprint
-from uws_core.zoo import llama_zoo, lora_zoo, pretrained
+from uws_core.zoo import llama_zoo, lora_zoo, pretrained, vit_zoo
 from uws_core.zoo.populations import SEEDS, config_for
+
+
+ZOOS = {"llama": llama_zoo, "lora": lora_zoo, "vit": vit_zoo}
 
 
 def _build(kind, cfg, cache):
     if kind == "llama":
         return llama_zoo.build_llama_population(cfg, cache_dir=cache).root
+    if kind == "vit":
+        return vit_zoo.build_vit_populations(cfg, cache_dir=cache).root
     return lora_zoo.build_lora_population(cfg, cache_dir=cache).root
 
 
-@pytest.mark.parametrize("kind", ["llama", "lora"])
+def _forbid_base_training(kind, monkeypatch):
+    """Make training a base fail (the LoRA and Llama bases train through tinylm.train_base, the ViT base through
+    vit_zoo._train_jobs with what="base"); everything else trains as usual."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("the base was trained although it is shipped")
+
+    if kind == "vit":
+        real = vit_zoo._train_jobs
+
+        def guarded(jobs, config, init, what="models"):
+            return no_training() if what == "base" else real(jobs, config, init, what)
+
+        monkeypatch.setattr(vit_zoo, "_train_jobs", guarded)
+    else:
+        from uws_core.zoo import tinylm
+
+        monkeypatch.setattr(tinylm, "train_base", no_training)
+
+
+@pytest.mark.parametrize("kind", ["llama", "lora", "vit"])
 def test_population_from_shipped_base_equals_trained(kind, tmp_path, monkeypatch):
     """Train the tiny preset (its base is trained and cached), ship that base, rebuild in a fresh cache: the base is
     copied, not trained, and every tensor of the population is the same (content fingerprint)."""
@@ -28,7 +52,7 @@ def test_population_from_shipped_base_equals_trained(kind, tmp_path, monkeypatch
     shipped_root = tmp_path / "pretrained"
     monkeypatch.setattr(pretrained, "PRETRAINED_ROOT", shipped_root)
     cfg = config_for(kind, 0, tiny=True)
-    key = (llama_zoo if kind == "llama" else lora_zoo).base_key(cfg)
+    key = ZOOS[kind].base_key(cfg)
     name = f"{kind}_base_{key}"
     trained = _build(kind, cfg, tmp_path / "a")
     assert "shipped" not in read_info(tmp_path / "a" / name)
@@ -36,12 +60,7 @@ def test_population_from_shipped_base_equals_trained(kind, tmp_path, monkeypatch
     shutil.copytree(tmp_path / "a" / name, shipped_root / name)
     assert pretrained.shipped_names() == [name]
 
-    from uws_core.zoo import tinylm
-
-    def no_training(*args, **kwargs):
-        raise AssertionError("the base was trained although it is shipped")
-
-    monkeypatch.setattr(tinylm, "train_base", no_training)
+    _forbid_base_training(kind, monkeypatch)
     copied = _build(kind, cfg, tmp_path / "b")
     assert read_info(tmp_path / "b" / name)["shipped"] == name
     assert population_fingerprint(copied) == population_fingerprint(trained)
@@ -117,10 +136,10 @@ def test_repository_ships_exactly_the_default_bases(monkeypatch):
     if not is_pinned():  # the keys hold the numerics profile: elsewhere every base is trained, by design
         pytest.skip("the shipped bases are keyed to the pinned numerics profile, which this process does not run")
     expected = {f"lora_base_{lora_zoo.base_key(config_for('lora', 0))}"}
-    expected |= {f"llama_base_{llama_zoo.base_key(config_for('llama', s))}" for s in SEEDS["llama"]}
+    expected |= {f"{kind}_base_{ZOOS[kind].base_key(config_for(kind, s))}" for kind in ("llama", "vit") for s in SEEDS[kind]}
     assert set(pretrained.shipped_names()) == expected
     for name in expected:
-        fmt = lora_zoo.FORMAT_VERSION if name.startswith("lora") else llama_zoo.FORMAT_VERSION
+        fmt = ZOOS[name.split("_")[0]].FORMAT_VERSION
         root = pretrained.shipped_base(name, fmt)
         assert root is not None and (root / "model.safetensors").is_file()
         assert {"base_train_s"} <= set(read_info(root))

@@ -39,7 +39,7 @@ _API = {
     "vit_tasks": (
         "LABEL_MAPS", "TRANSFORMS", "VitTask", "apply_transform", "held_out_split", "load_digit_images", "parse_task",
         "scratch_plan", "split_indices", "task_data", "task_name", "train_sample_indices"),
-    "vit_zoo": ("VitPopulations", "VitZooConfig", "build_vit_populations"),
+    "vit_zoo": ("BASE_FIELDS", "VitPopulations", "VitZooConfig", "build_vit_populations"),
 }
 
 __all__ = sorted(name for names in _API.values() for name in names)

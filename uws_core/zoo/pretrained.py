@@ -2,9 +2,10 @@
 
 The paper's populations are fine-tunes of a downloaded base (Mistral-7B, ViT-B, Llama-3-8B). Ours are
 fine-tunes of small bases that our own code pretrains (:func:`uws_core.zoo.lora_zoo.trained_base`,
-:func:`uws_core.zoo.llama_zoo.trained_base`); that pretraining was the single most expensive step of a
-fresh ``make test`` (retrained on 2026-12-07: the LoRA base 239 s, the two Llama bases 44 and 51 s, of about
-1700 CPU-seconds for all populations). The bases trained under the pinned numerics (:mod:`uws_core.linalg.numerics`) are therefore
+:func:`uws_core.zoo.llama_zoo.trained_base`, :func:`uws_core.zoo.vit_zoo.trained_base`); that pretraining was the
+single most expensive step of a fresh ``make test`` (retrained on 2026-12-07: the LoRA base 239 s, the two Llama
+bases 44 and 51 s, of about 1700 CPU-seconds for all populations; the two ViT bases, shipped since 2026-12-08,
+16.0 and 12.6 s). The bases trained under the pinned numerics (:mod:`uws_core.linalg.numerics`) are therefore
 shipped in ``uws_core/zoo/pretrained/<kind>_base_<key>/``: the very files the builder writes (config.json,
 model.safetensors, ...) and the cache manifest ``complete.json`` (sha256 of each file, the builder's info).
 A population build copies a shipped base when one exists for its key and trains it otherwise:

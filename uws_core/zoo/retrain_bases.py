@@ -1,8 +1,8 @@
 """Retrain the shipped pretrained bases (:mod:`uws_core.zoo.pretrained`) and compare them with, or write them over,
 the shipped copies: the developers' side of shipping bases.
 
-``python -m uws_core.zoo.retrain_bases --check`` (``make bases-check``) trains the LoRA base and the Llama base of
-every seed in a temporary cache with ``UWS_TRAIN_BASES=1`` and compares each file's sha256 with the shipped copy's
+``python -m uws_core.zoo.retrain_bases --check`` (``make bases-check``) trains the LoRA base and the Llama and ViT
+bases of every seed in a temporary cache with ``UWS_TRAIN_BASES=1`` and compares each file's sha256 with the shipped copy's
 (``[match]`` per base; exit status 1 on any difference): the shipped files are what the code trains, bit for bit,
 under the pinned numerics. ``--write`` trains them and replaces the shipped copies (after a change meant to change a
 base; the population fingerprints then change too: ``make fingerprints``).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from uws_core.weights import safe_paths
 from uws_core.weights.cache import MANIFEST, CacheError
-from uws_core.zoo import llama_zoo, lora_zoo
+from uws_core.zoo import llama_zoo, lora_zoo, vit_zoo
 from uws_core.zoo.populations import SEEDS, config_for
 from uws_core.zoo.pretrained import PRETRAINED_ROOT, TRAIN_ENV, shipped_names
 
@@ -31,7 +31,7 @@ log = logging.getLogger("uws.pretrained")
 
 
 def _trained_bases(cache_root: Path) -> dict[str, Path]:
-    """Train the LoRA base and the Llama bases of every seed in ``cache_root`` (``UWS_TRAIN_BASES`` set meanwhile);
+    """Train the LoRA base and the Llama and ViT bases of every seed in ``cache_root`` (``UWS_TRAIN_BASES`` set meanwhile);
     returns ``{name: directory}``."""
     old = os.environ.get(TRAIN_ENV)
     os.environ[TRAIN_ENV] = "1"
@@ -39,9 +39,10 @@ def _trained_bases(cache_root: Path) -> dict[str, Path]:
         out = {}
         lcfg = config_for("lora", 0)
         out[f"lora_base_{lora_zoo.base_key(lcfg)}"] = lora_zoo.trained_base(lcfg, cache_root)
-        for seed in SEEDS["llama"]:
-            cfg = config_for("llama", seed)
-            out[f"llama_base_{llama_zoo.base_key(cfg)}"] = llama_zoo.trained_base(cfg, cache_root)
+        for kind, zoo in (("llama", llama_zoo), ("vit", vit_zoo)):
+            for seed in SEEDS[kind]:
+                cfg = config_for(kind, seed)
+                out[f"{kind}_base_{zoo.base_key(cfg)}"] = zoo.trained_base(cfg, cache_root)
         return out
     finally:
         if old is None:

@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from uws_core.zoo import progress as progress_bars
+from uws_core.zoo import pretrained, progress as progress_bars
 from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
 from uws_core.zoo.vit_model import (evaluate_states, init_state, load_state, save_vit, train_models, vit_config,
                                 vit_logits)
 from uws_core.zoo.vit_tasks import finetune_plan, parse_task, scratch_plan, task_data
 
-__all__ = ["VitZooConfig", "VitPopulations", "build_vit_populations", "finetune_plan", "scratch_plan",
+__all__ = ["VitZooConfig", "VitPopulations", "build_vit_populations", "BASE_FIELDS", "base_key", "trained_base",
+           "finetune_plan", "scratch_plan",
            "vit_config", "init_state", "vit_logits", "train_models", "evaluate_states", "save_vit", "load_state",
            "default_cache_dir"]
 
@@ -153,13 +154,43 @@ def _train_jobs(jobs: list[dict], config: VitZooConfig, init, what: str = "model
     return out
 
 
-def _build(config: VitZooConfig, out: Path) -> pd.DataFrame:
-    base_job = dict(name="base", kind="base", family="base", task=config.base_task, lr=config.base_lr,
-                    epochs=config.base_epochs, weight_decay=config.weight_decay, seed=config.seed, group="")
+#: the fields of :class:`VitZooConfig` that determine the base (its training reads nothing else)
+BASE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size", "test_fraction",
+               "split_seed", "seed", "batch_size", "warmup_frac", "base_task", "base_epochs", "base_lr",
+               "weight_decay")
+
+
+def base_key(config: VitZooConfig) -> str:
+    """The base model's cache name: :func:`uws_core.weights.cache.config_digest` of :data:`BASE_FIELDS`."""
+    return config_digest({"what": "vit-base", **{f: getattr(config, f) for f in BASE_FIELDS}}, FORMAT_VERSION)
+
+
+def _base_job(config: VitZooConfig) -> dict:
+    return dict(name="base", kind="base", family="base", task=config.base_task, lr=config.base_lr,
+                epochs=config.base_epochs, weight_decay=config.weight_decay, seed=config.seed, group="")
+
+
+def trained_base(config: VitZooConfig, cache_root: Path) -> Path:
+    """The base of ``config`` in ``<cache_root>/vit_base_<base_key>/`` (config.json + model.safetensors), copied
+    from the repository's shipped base of that key (:mod:`uws_core.zoo.pretrained`) or trained here: AdamW on
+    ``base_task`` for ``base_epochs`` from transformers' initialisation under ``seed`` (:func:`train_models`)."""
+    def train(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        job = _base_job(config)
+        (base, info), = _train_jobs([job], config,
+                                    lambda j: init_state(config, parse_task(j["task"]).n_classes, j["seed"]), "base")
+        save_vit(base, tmp, config)
+        return {"final_train_loss": info["final_train_loss"], "base_train_s": time.perf_counter() - t0}
+
+    return pretrained.shipped_or_trained(cache_root, f"vit_base_{base_key(config)}", FORMAT_VERSION, train)
+
+
+def _build(config: VitZooConfig, out: Path, cache_root: Path) -> pd.DataFrame:
+    base_job = _base_job(config)
     n_cls = lambda job: parse_task(job["task"]).n_classes  # noqa: E731
-    t0 = time.perf_counter()
-    (base, info), = _train_jobs([base_job], config, lambda j: init_state(config, n_cls(j), j["seed"]), "base")
-    log.info("base trained in %.1f s", time.perf_counter() - t0)
+    # --- base: trained once per BASE_FIELDS (or shipped) and read back from its cache, as the LoRA and Llama bases
+    base_root = trained_base(config, cache_root)
+    base, info = load_state(base_root), {"final_train_loss": read_info(base_root)["final_train_loss"]}
 
     def from_base(job):  # the base's weights with a fresh head for the task's classes
         head = init_state(config, n_cls(job), job["seed"])
@@ -213,11 +244,12 @@ def build_vit_populations(config: VitZooConfig | None = None, cache_dir: Path | 
         match its files is deleted and rebuilt.
     """
     config = config or VitZooConfig()
-    final = Path(cache_dir or default_cache_dir()) / "vit" / config.digest()
+    root = Path(cache_dir or default_cache_dir())
+    final = root / "vit" / config.digest()
 
     def build(tmp: Path) -> dict:
         t0 = time.perf_counter()
-        records = _build(config, tmp)
+        records = _build(config, tmp, root)
         records.to_csv(tmp / "records.csv", index=False)
         (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
         seconds = time.perf_counter() - t0
