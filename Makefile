@@ -43,7 +43,7 @@ bases-check: setup
 # (results/; run it first): exit status 1 if a checked output or a verdict moves. About 16 minutes on 2 cores.
 native-check: setup
 	UWS_NATIVE_KERNELS=1 $(PY) -m uws_core.zoo.populations --workers 2
-	UWS_NATIVE_KERNELS=1 UWS_RESULTS=results/native $(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider -n 2 --dist loadfile
+	UWS_NATIVE_KERNELS=1 UWS_RESULTS=$(CURDIR)/results/native $(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider -n 2 --dist loadfile
 	$(PY) -m uws_core.report.ledger_diff results results/native --out results/native/verdicts.md
 
 # Populations and notebooks in one schedule: each notebook starts once the populations it reads are built.

@@ -29,3 +29,16 @@ def test_nan_is_written_as_null(tmp_path, monkeypatch):
     monkeypatch.setenv("UWS_RESULTS", str(tmp_path))
     path = results.save_results("99_nan", {"x": float("nan")})
     assert json.loads(path.read_text())["results"]["x"] is None
+
+
+def test_relative_results_dir_is_taken_from_the_repository_root(tmp_path, monkeypatch):
+    """A notebook kernel runs in notebooks/: a relative UWS_RESULTS must name the same directory there as anywhere."""
+    repo, elsewhere = tmp_path / "repo", tmp_path / "repo" / "notebooks"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setattr(results, "REPO", repo)
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("UWS_RESULTS", "results/native")
+    assert results.results_dir() == repo / "results" / "native"
+    assert (repo / "results" / "native" / "figures").is_dir() and not (elsewhere / "results").exists()
+    monkeypatch.setenv("UWS_RESULTS", str(tmp_path / "abs"))
+    assert results.results_dir() == tmp_path / "abs"

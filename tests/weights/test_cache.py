@@ -80,3 +80,19 @@ def test_config_digest_depends_on_config_and_version():
     assert len(d) == 12 and d == config_digest({"seed": 0, "hidden": 64}, 1)
     assert d != config_digest({"hidden": 64, "seed": 1}, 1)
     assert d != config_digest({"hidden": 64, "seed": 0}, 2)
+
+
+def test_relative_cache_dir_is_taken_from_the_repository_root(tmp_path, monkeypatch):
+    """A notebook kernel runs in notebooks/: a relative UWS_CACHE must find the populations make populations built."""
+    from pathlib import Path
+
+    from uws_core.weights.cache import default_cache_dir
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UWS_CACHE", "some/cache")
+    assert default_cache_dir() == repo / "some" / "cache"
+    monkeypatch.setenv("UWS_CACHE", str(tmp_path / "abs"))
+    assert default_cache_dir() == tmp_path / "abs"
+    monkeypatch.delenv("UWS_CACHE")
+    assert default_cache_dir() == repo / ".cache" / "uws"

@@ -21,8 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def results_dir() -> Path:
-    """``results/`` of the repository, or ``UWS_RESULTS``; created on first use."""
-    path = Path(os.environ.get("UWS_RESULTS", REPO / "results"))
+    """``results/`` of the repository, or ``UWS_RESULTS``; created on first use. A relative ``UWS_RESULTS`` is taken
+    from the repository root, not from the working directory: notebook kernels run in ``notebooks/``, so
+    ``UWS_RESULTS=results/native`` would otherwise land in ``notebooks/results/native`` for the notebooks and in
+    ``results/native`` for the ledger that reads them."""
+    env = os.environ.get("UWS_RESULTS", "").strip()
+    path = REPO / "results" if not env else Path(env) if Path(env).is_absolute() else REPO / env
     (path / "figures").mkdir(parents=True, exist_ok=True)
     return path
 

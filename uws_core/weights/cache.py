@@ -40,9 +40,12 @@ class CacheError(FileNotFoundError):
 
 
 def default_cache_dir() -> Path:
-    """``$UWS_CACHE`` or ``<repo>/.cache/uws``."""
+    """``$UWS_CACHE`` or ``<repo>/.cache/uws``. A relative ``UWS_CACHE`` is taken from the repository root, not from
+    the working directory, so that a notebook kernel (which runs in ``notebooks/``) and ``make populations`` find
+    the same populations."""
+    repo = Path(__file__).resolve().parents[2]
     env = os.environ.get("UWS_CACHE", "").strip()
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "uws"
+    return repo / ".cache" / "uws" if not env else Path(env) if Path(env).is_absolute() else repo / env
 
 
 def config_digest(config: dict, format_version: int) -> str:
