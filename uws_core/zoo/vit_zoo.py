@@ -14,6 +14,8 @@ forward to float32 round-off; the test checks it), so building all populations t
 Everything is deterministic from the config's seeds; the result is cached on disk under a hash of the
 config (``<repo>/.cache/uws/vit/<hash>``, env ``UWS_CACHE`` overrides the root) by :mod:`uws_core.weights.cache`:
 built in a temporary directory, moved in place with a sha256 manifest, so a partial cache is never used.
+The base is cached on its own (``<root>/vit_base_<key>``, :func:`trained_base`) and, for the default configs,
+shipped with the repository (:mod:`uws_core.zoo.pretrained`), so a fresh clone copies it instead of training it.
 """
 
 from __future__ import annotations
