@@ -96,3 +96,19 @@ def test_relative_cache_dir_is_taken_from_the_repository_root(tmp_path, monkeypa
     assert default_cache_dir() == tmp_path / "abs"
     monkeypatch.delenv("UWS_CACHE")
     assert default_cache_dir() == repo / ".cache" / "uws"
+
+
+def test_copy_entry_copies_the_files_but_not_the_manifest(tmp_path):
+    from uws_core.weights.cache import MANIFEST, copy_entry, write_manifest
+
+    src = tmp_path / "entry"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(b"w")
+    (src / "sub" / "config.json").write_text("{}")
+    write_manifest(src, 1, {"seconds": 1.0})
+    dst = tmp_path / "build"
+    dst.mkdir()                                         # an existing, empty build directory
+    assert copy_entry(src, dst) == dst
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == ["model.safetensors",
+                                                                                          "sub/config.json"]
+    assert (src / MANIFEST).is_file() and not (dst / MANIFEST).exists()

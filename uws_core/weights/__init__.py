@@ -11,8 +11,8 @@ from uws_core import lazy_exports
 #: module of this package -> the public names it defines (each module's own __all__)
 _API = {
     "cache": (
-        "CacheError", "build_cached", "config_digest", "default_cache_dir", "read_info", "verify_cache_dir",
-        "write_manifest"),
+        "CacheError", "build_cached", "config_digest", "copy_entry", "default_cache_dir", "read_info",
+        "verify_cache_dir", "write_manifest"),
     "dense_delta": (
         "DELTA_FILE", "DELTA_META", "DenseDeltaError", "add_dense_delta", "is_dense_delta", "pair_is_larger",
         "read_dense_delta", "restore_weights", "write_dense_delta"),

@@ -29,7 +29,7 @@ from uws_core.weights import safe_paths
 from uws_core.weights.file_checks import file_sha256
 
 __all__ = ["CacheError", "default_cache_dir", "config_digest", "write_manifest",
-           "verify_cache_dir", "read_info", "build_cached"]
+           "verify_cache_dir", "read_info", "build_cached", "copy_entry"]
 
 log = logging.getLogger(__name__)
 MANIFEST = "complete.json"
@@ -156,3 +156,11 @@ def build_cached(final: Path | str, build: Callable[[Path], dict | None], format
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built %s", final)
     return final
+
+
+def copy_entry(src: Path | str, dst: Path | str) -> Path:
+    """Copy the files of a cache entry ``src`` (as :func:`build_cached` returns it: verified against its manifest,
+    no symbolic link) into ``dst``, the manifest left out: a pretrained base copied into a population, or a shipped
+    base into the cache, which writes its own manifest. ``dst`` may exist (empty build directory); returns it."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True)
+    return Path(dst)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ import torch
 
 from uws_core.zoo import llama_tasks, pretrained, tinylm
 from uws_core.zoo import progress as progress_bars
-from uws_core.weights.cache import MANIFEST, build_cached, config_digest, default_cache_dir, read_info
+from uws_core.weights.cache import build_cached, config_digest, copy_entry, default_cache_dir, read_info
 from uws_core.linalg.numerics import compute_settings
 from uws_core.zoo.llama_model import (MATRIX_TYPES, evaluate_models, init_state, seeded_llama_model,
                                   llama_config, llama_logits, load_state, save_llama, train_models)
@@ -256,7 +255,7 @@ def _build(cfg: LlamaZooConfig, out: Path, cache_root: Path) -> dict:
                                  base_test_loss=base_loss[i], base_test_acc=base_acc[i], n_test=len(tests[i]),
                                  group="unseen" if unseen[i] else "fit", dir=f"finetunes/{job['name']}")
                             for i, job in enumerate(plan)])[RECORD_COLUMNS]
-    shutil.copytree(base_root, out / "base", ignore=shutil.ignore_patterns(MANIFEST))  # the files of the cached base
+    copy_entry(base_root, out / "base")  # the files of the cached base
     for d, st in zip(records["dir"], states):
         save_llama(st, out / d, cfg)
     records.to_csv(out / "records.csv", index=False)

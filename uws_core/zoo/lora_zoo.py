@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import pandas as pd
 import torch
 
 from uws_core.zoo import tasks as tasks_mod
-from uws_core.weights.cache import build_cached, config_digest, default_cache_dir
+from uws_core.weights.cache import build_cached, config_digest, copy_entry, default_cache_dir
 from uws_core.linalg.numerics import compute_settings, kernel_report
 from uws_core.zoo import progress as progress_bars
 from uws_core.zoo import pretrained, tinylm
@@ -302,7 +301,7 @@ def _build(cfg: LoraPopulationConfig, out: Path, progress: bool, cache_root: Pat
     # --- base: instruction-tuned on every operation's canonical format + part of the non-LoRA format combos,
     #     trained once per BASE_FIELDS and read back from its cache (the same path for a fresh and a cached base)
     base_root = trained_base(cfg, cache_root, progress)
-    shutil.copytree(base_root, out / "base", ignore=shutil.ignore_patterns("complete.json"))
+    copy_entry(base_root, out / "base")
     model = MistralForCausalLM.from_pretrained(out / "base", dtype=torch.float32, trust_remote_code=False)
     base_info = read_info(base_root)
     timings["base_train_s"] = time.perf_counter() - t0

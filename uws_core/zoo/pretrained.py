@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
-from uws_core.weights.cache import MANIFEST, build_cached, read_info, verify_cache_dir
+from uws_core.weights.cache import build_cached, copy_entry, read_info, verify_cache_dir
 
 __all__ = ["PRETRAINED_ROOT", "TRAIN_ENV", "train_requested", "shipped_base", "copy_shipped_base",
            "shipped_names", "shipped_or_trained"]
@@ -75,7 +74,7 @@ def copy_shipped_base(src: Path, dst: Path) -> dict:
     """Copy a shipped base ``src`` (verified by :func:`shipped_base`: exactly the files its manifest lists, no link)
     into the build directory ``dst``, the manifest left out (the cache writes its own); returns the builder's info
     recorded there, with ``"shipped": <src name>`` added."""
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(MANIFEST), dirs_exist_ok=True)
+    copy_entry(src, dst)
     return {**read_info(src), "shipped": Path(src).name}
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from uws_core.zoo import pretrained, progress as progress_bars
-from uws_core.weights.cache import build_cached, config_digest, default_cache_dir, read_info
+from uws_core.weights.cache import build_cached, config_digest, copy_entry, default_cache_dir, read_info
 from uws_core.zoo.vit_model import (evaluate_states, init_state, load_state, save_vit, train_models, vit_config,
                                 vit_logits)
 from uws_core.zoo.vit_tasks import finetune_plan, parse_task, scratch_plan, task_data
@@ -220,7 +220,8 @@ def _build(config: VitZooConfig, out: Path, cache_root: Path) -> pd.DataFrame:
                                  for t in records["task"]]
         records[f"{split}_acc"] = evaluate_states(models, list(records["task"]), config, split)
     records["dir"] = [f"{k}/{n}" for k, n in zip(records["kind"], records["name"])]
-    for d, st in zip(records["dir"], models):
+    copy_entry(base_root, out / records["dir"][0])  # the files of the cached base (row 0), as the LoRA and Llama builds
+    for d, st in zip(records["dir"][1:], models[1:]):
         save_vit(st, out / d, config)
     return records
 
